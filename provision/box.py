@@ -1,0 +1,202 @@
+"""The docker "box": a Debian 12 image that boots systemd and sshd like a VM.
+
+No image registry is reachable, so the image is built locally: debootstrap of
+Debian 12 (the mirror is read from this machine's own apt sources), imported into
+docker, then provision/box/Dockerfile adds what a Vagrant box has (vagrant user,
+sudo, Vagrant's public insecure key). The image tag carries a hash of the recipe,
+so it is rebuilt only when the recipe changes.
+
+Run ``python -m provision.box --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from provision import PROJECT_ROOT
+
+BOX_DIR = PROJECT_ROOT / "provision" / "box"
+SUITE = "bookworm"
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "sudo",
+    "iproute2",
+    "iptables",
+)
+IMAGE_REPO = "webinfra-testbed/box"
+ROOTFS_REPO = "webinfra-testbed/rootfs"
+VAGRANT_KEY_GLOBS = (
+    "/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub",
+    "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub",
+    "/opt/vagrant/embedded/gems/*/gems/vagrant-*/keys/vagrant.pub",
+)
+
+
+class BoxError(RuntimeError):
+    pass
+
+
+def _say(message: str) -> None:
+    print(f"box: {message}", flush=True)
+
+
+def rootfs_recipe() -> str:
+    return f"debootstrap --variant=minbase --include={','.join(PACKAGES)} {SUITE}"
+
+
+def recipe_files() -> list[Path]:
+    return sorted(p for p in BOX_DIR.iterdir() if p.is_file())
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:12]
+
+
+def rootfs_tag() -> str:
+    return f"{ROOTFS_REPO}:{_digest(rootfs_recipe().encode())}"
+
+
+def image_tag() -> str:
+    """The tag of the box image for the current recipe (the Vagrantfile uses it)."""
+    parts = [rootfs_recipe().encode()]
+    for path in recipe_files():
+        parts += [path.name.encode(), path.read_bytes()]
+    return f"{IMAGE_REPO}:{_digest(*parts)}"
+
+
+def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's apt already uses (never a hard-coded host)."""
+    candidates: list[str] = []
+    for path in sorted((sources_dir / "sources.list.d").glob("*.sources")):
+        uris: list[str] = []
+        suites: list[str] = []
+        for line in path.read_text().splitlines():
+            if line.startswith("URIs:"):
+                uris = line.split()[1:]
+            elif line.startswith("Suites:"):
+                suites = line.split()[1:]
+            elif not line.strip() and uris:
+                if any(s in (SUITE, "stable") for s in suites):
+                    candidates += uris
+                uris, suites = [], []
+        if uris and any(s in (SUITE, "stable") for s in suites):
+            candidates += uris
+    lists = [sources_dir / "sources.list", *sorted((sources_dir / "sources.list.d").glob("*.list"))]
+    for path in lists:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == "deb":
+                rest = [f for f in fields[1:] if not f.startswith("[")]
+                if len(rest) >= 2 and rest[1] in (SUITE, "stable"):
+                    candidates.append(rest[0])
+    candidates = [c for c in candidates if "security" not in c]
+    if not candidates:
+        raise BoxError(
+            f"no Debian {SUITE} mirror found in {sources_dir}/sources.list(.d); "
+            "add one to apt's sources (debootstrap reads the same mirror)"
+        )
+    return candidates[0]
+
+
+def vagrant_public_key() -> Path:
+    for pattern in VAGRANT_KEY_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return Path(found[-1])
+    raise BoxError("Vagrant's keys/vagrant.pub not found: is vagrant installed?")
+
+
+def _docker(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def image_exists(tag: str) -> bool:
+    return _docker("image", "inspect", tag, capture_output=True).returncode == 0
+
+
+def build_rootfs(tag: str) -> None:
+    if shutil.which("debootstrap") is None:
+        raise BoxError("debootstrap is not installed (apt-get install debootstrap)")
+    mirror = debian_mirror()
+    with tempfile.TemporaryDirectory(prefix="testbed-rootfs-", dir="/var/tmp") as tmp:
+        target = Path(tmp) / "rootfs"
+        _say(f"debootstrap Debian {SUITE} from the mirror in apt's sources (about a minute)...")
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(target), mirror]
+        log = Path(tmp) / "debootstrap.log"
+        with log.open("w") as out:
+            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            tail = "\n".join(log.read_text().splitlines()[-15:])
+            raise BoxError(f"debootstrap failed (exit {rc}):\n{tail}")
+        # Trim what a server image does not need; keeps the import small.
+        for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for p in (target / sub).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        _say(f"importing the root file system as {tag}...")
+        tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
+        imp = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
+        tar.wait()
+        if tar.returncode != 0 or imp.returncode != 0:
+            raise BoxError(f"docker import failed: {imp.stderr.strip()}")
+
+
+def build(force: bool = False) -> str:
+    """Make sure the box image for the current recipe exists; return its tag."""
+    tag = image_tag()
+    if image_exists(tag) and not force:
+        _say(f"{tag} is up to date (recipe unchanged).")
+        return tag
+    started = time.monotonic()
+    base = rootfs_tag()
+    if force or not image_exists(base):
+        build_rootfs(base)
+    else:
+        _say(f"reusing root file system {base}.")
+    with tempfile.TemporaryDirectory(prefix="testbed-box-") as tmp:
+        for path in recipe_files():
+            shutil.copy(path, tmp)
+        shutil.copy(vagrant_public_key(), Path(tmp) / "vagrant.pub")
+        _say(f"building {tag}...")
+        res = _docker("build", "-q", "--build-arg", f"BASE={base}", "-t", tag, tmp, capture_output=True)
+        if res.returncode != 0:
+            raise BoxError(f"docker build failed:\n{res.stderr.strip()}")
+    _say(f"built {tag} in {time.monotonic() - started:.0f} s.")
+    return tag
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m provision.box", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")
+    parser.add_argument("--tag", action="store_true", help="print the image tag for the current recipe and exit")
+    args = parser.parse_args(argv)
+    if args.tag:
+        print(image_tag())
+        return 0
+    try:
+        build(force=args.force)
+    except BoxError as exc:
+        print(f"box: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,495 @@
+"""The topology model: one YAML file describes hosts, roles, networks and allowed flows.
+
+Everything else (Vagrantfile, Fabric inventory, firewall rules, tests) reads a
+topology through :func:`load`, so nothing about a host is written twice. A
+malformed file is rejected with a :class:`TopologyError` naming the file, the key
+and what is wrong.
+
+Run ``python -m provision.topology --help`` for the command-line view of a topology.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provision import PROJECT_ROOT
+
+TOPOLOGY_DIR = PROJECT_ROOT / "topologies"
+DEFAULT_TOPOLOGY = "seed"
+
+ROLES: dict[str, str] = {
+    "lb": "lb",
+    "web": "web",
+    "app": "app",
+    "db-primary": "db",
+    "db-replica": "db",
+    "monitor": "monitor",
+    "client": "client",
+}
+"""Every role a host may carry, mapped to the tier it is deployed in."""
+
+TIER_ORDER: tuple[str, ...] = ("common", "db", "app", "web", "lb", "monitor")
+"""Deploy order: every host gets `common` first, then each tier in turn."""
+
+PROTOCOLS = ("tcp", "udp")
+ANY = "any"
+SSH_PORT_BASE = 2200
+"""Docker provider: host port 127.0.0.1:(SSH_PORT_BASE + index) reaches a machine's sshd."""
+
+
+class TopologyError(ValueError):
+    """A topology file is malformed; the message names the file, the key and the problem."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    cidr: ipaddress.IPv4Network
+    description: str = ""
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        """The first address, kept for the host side (docker bridge or vboxnet)."""
+        return self.cidr.network_address + 1
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    roles: tuple[str, ...]
+    addresses: Mapping[str, ipaddress.IPv4Address]
+    forward: Mapping[int, int] = field(default_factory=dict)
+    """Guest port -> host port on 127.0.0.1."""
+    index: int = 0
+    """Position in the file; gives each machine a stable management port."""
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(ROLES[r] for r in self.roles))
+
+    def has_role(self, role: str) -> bool:
+        return role == ANY or role in self.roles
+
+    @property
+    def primary_address(self) -> ipaddress.IPv4Address:
+        return next(iter(self.addresses.values()))
+
+    @property
+    def ssh_port(self) -> int:
+        return SSH_PORT_BASE + self.index
+
+
+@dataclass(frozen=True)
+class Flow:
+    source: str
+    dest: str
+    port: int
+    proto: str
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Path_:
+    """One concrete allowed connection: source host to an address of the destination."""
+
+    source: Host
+    dest: Host
+    network: str
+    address: ipaddress.IPv4Address
+    port: int
+    proto: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    path: Path
+    description: str
+    site: Site
+    networks: Mapping[str, Network]
+    hosts: Mapping[str, Host]
+    flows: tuple[Flow, ...]
+    options: Mapping[str, Any]
+
+    def __iter__(self) -> Iterator[Host]:
+        return iter(self.hosts.values())
+
+    def with_role(self, role: str) -> list[Host]:
+        return [h for h in self if h.has_role(role)]
+
+    def in_tier(self, tier: str) -> list[Host]:
+        if tier == "common":
+            return list(self)
+        return [h for h in self if tier in h.tiers]
+
+    def shared_networks(self, a: Host, b: Host) -> list[str]:
+        return [n for n in a.addresses if n in b.addresses]
+
+    def address_for(self, viewer: Host, target: Host) -> ipaddress.IPv4Address:
+        """The address `viewer` should use for `target`: on a shared network if any."""
+        shared = self.shared_networks(viewer, target)
+        return target.addresses[shared[0]] if shared else target.primary_address
+
+    def allowed_paths(self) -> list[Path_]:
+        """Every (source host, destination address, port) the flows allow.
+
+        A flow applies on each network that the source and destination share; a
+        host never needs a flow to reach itself.
+        """
+        paths: dict[tuple[str, str, str, int, str], Path_] = {}
+        for flow in self.flows:
+            for src in self.with_role(flow.source):
+                for dst in self.with_role(flow.dest):
+                    if src.name == dst.name:
+                        continue
+                    for net in self.shared_networks(src, dst):
+                        key = (src.name, dst.name, net, flow.port, flow.proto)
+                        paths.setdefault(
+                            key,
+                            Path_(
+                                src, dst, net, dst.addresses[net], flow.port, flow.proto, flow.why
+                            ),
+                        )
+        return list(paths.values())
+
+    def is_allowed(self, source: str, dest: str, network: str, port: int, proto: str = "tcp") -> bool:
+        return any(
+            p.source.name == source
+            and p.dest.name == dest
+            and p.network == network
+            and p.port == port
+            and p.proto == proto
+            for p in self.allowed_paths()
+        )
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML silently keeps the last of two equal keys; a topology must not."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def path_for(name_or_path: str | os.PathLike[str]) -> Path:
+    """`seed` -> topologies/seed.yml; a path is taken as it is."""
+    text = os.fspath(name_or_path)
+    if os.sep in text or text.endswith((".yml", ".yaml")):
+        return Path(text)
+    return TOPOLOGY_DIR / f"{text}.yml"
+
+
+def selected_name() -> str:
+    """The topology named by $TESTBED_TOPOLOGY, or the default."""
+    return os.environ.get("TESTBED_TOPOLOGY") or DEFAULT_TOPOLOGY
+
+
+def load(name_or_path: str | os.PathLike[str] | None = None) -> Topology:
+    path = path_for(name_or_path if name_or_path is not None else selected_name())
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        known = ", ".join(sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yml")))
+        raise TopologyError(path, "", f"no such topology file (known: {known})") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path | str = "<string>") -> Topology:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TopologyError(path, where, f"not valid YAML: {problem}") from None
+    return _Parser(Path(path)).topology(data)
+
+
+class _Parser:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> TopologyError:
+        return TopologyError(self.path, key, problem)
+
+    def mapping(self, value: Any, key: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key or "top level", f"expected a mapping, got {type(value).__name__}")
+        for k in value:
+            if k not in allowed:
+                raise self.fail(
+                    f"{key}.{k}" if key else str(k),
+                    f"unknown key (expected one of: {', '.join(sorted(allowed))})",
+                )
+        for k in sorted(required):
+            if k not in value:
+                raise self.fail(f"{key}.{k}" if key else k, "missing required key")
+        return value
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def port(self, value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise self.fail(key, f"expected a port number 1-65535, got {value!r}")
+        return value
+
+    def topology(self, data: Any) -> Topology:
+        top = self.mapping(
+            data,
+            "",
+            {"name", "description", "site", "options", "networks", "hosts", "flows"},
+            {"name", "site", "networks", "hosts", "flows"},
+        )
+        name = self.string(top["name"], "name")
+        site = self.site(top["site"])
+        options = top.get("options") or {}
+        if not isinstance(options, dict):
+            raise self.fail("options", "expected a mapping")
+        networks = self.networks(top["networks"])
+        hosts = self.hosts(top["hosts"], networks)
+        flows = self.flows(top["flows"], hosts)
+        return Topology(
+            name=name,
+            path=self.path,
+            description=str(top.get("description", "")).strip(),
+            site=site,
+            networks=networks,
+            hosts=hosts,
+            flows=flows,
+            options=options,
+        )
+
+    def site(self, value: Any) -> Site:
+        site = self.mapping(value, "site", {"name", "aliases"}, {"name"})
+        aliases = site.get("aliases") or []
+        if not isinstance(aliases, list):
+            raise self.fail("site.aliases", "expected a list of names")
+        return Site(
+            self.string(site["name"], "site.name"),
+            tuple(self.string(a, f"site.aliases[{i}]") for i, a in enumerate(aliases)),
+        )
+
+    def networks(self, value: Any) -> dict[str, Network]:
+        if not isinstance(value, dict) or not value:
+            raise self.fail("networks", "expected a non-empty mapping of network name to settings")
+        networks: dict[str, Network] = {}
+        for name, spec in value.items():
+            key = f"networks.{name}"
+            spec = self.mapping(spec, key, {"cidr", "description"}, {"cidr"})
+            try:
+                cidr = ipaddress.IPv4Network(str(spec["cidr"]), strict=True)
+            except ValueError as exc:
+                raise self.fail(f"{key}.cidr", f"not an IPv4 network: {exc}") from None
+            for other in networks.values():
+                if cidr.overlaps(other.cidr):
+                    raise self.fail(f"{key}.cidr", f"{cidr} overlaps network {other.name} ({other.cidr})")
+            networks[str(name)] = Network(str(name), cidr, str(spec.get("description", "")))
+        return networks
+
+    def hosts(self, value: Any, networks: Mapping[str, Network]) -> dict[str, Host]:
+        if not isinstance(value, dict) or not value:
+            raise self.fail("hosts", "expected a non-empty mapping of host name to settings")
+        hosts: dict[str, Host] = {}
+        owner: dict[ipaddress.IPv4Address, str] = {}
+        host_ports: dict[int, str] = {}
+        for index, (name, spec) in enumerate(value.items()):
+            key = f"hosts.{name}"
+            if not isinstance(name, str) or not name.replace("-", "").isalnum() or not name[0].isalpha():
+                raise self.fail(key, "a host name must start with a letter and hold only letters, digits, '-'")
+            spec = self.mapping(spec, key, {"roles", "addresses", "forward"}, {"roles", "addresses"})
+            roles = spec["roles"]
+            if not isinstance(roles, list) or not roles:
+                raise self.fail(f"{key}.roles", "expected a non-empty list of roles")
+            for role in roles:
+                if role not in ROLES:
+                    raise self.fail(
+                        f"{key}.roles", f"unknown role {role!r} (known: {', '.join(ROLES)})"
+                    )
+            if len(set(roles)) != len(roles):
+                raise self.fail(f"{key}.roles", "a role is listed twice")
+            addrs = spec["addresses"]
+            if not isinstance(addrs, dict) or not addrs:
+                raise self.fail(f"{key}.addresses", "expected a mapping of network name to address")
+            addresses: dict[str, ipaddress.IPv4Address] = {}
+            for net_name, raw in addrs.items():
+                akey = f"{key}.addresses.{net_name}"
+                if net_name not in networks:
+                    raise self.fail(akey, f"unknown network (known: {', '.join(networks)})")
+                try:
+                    addr = ipaddress.IPv4Address(str(raw))
+                except ValueError:
+                    raise self.fail(akey, f"{raw!r} is not an IPv4 address") from None
+                net = networks[net_name]
+                if addr not in net.cidr:
+                    raise self.fail(akey, f"{addr} is outside network {net_name} ({net.cidr})")
+                if addr in (net.cidr.network_address, net.cidr.broadcast_address, net.gateway):
+                    raise self.fail(
+                        akey,
+                        f"{addr} is reserved in {net.cidr} (network, broadcast or the host's own .1)",
+                    )
+                if addr in owner:
+                    raise self.fail(akey, f"duplicate address {addr}, already used by {owner[addr]}")
+                owner[addr] = name
+                addresses[net_name] = addr
+            forward: dict[int, int] = {}
+            fwd = spec.get("forward") or {}
+            if not isinstance(fwd, dict):
+                raise self.fail(f"{key}.forward", "expected a mapping of guest port to host port")
+            for guest, hport in fwd.items():
+                fkey = f"{key}.forward.{guest}"
+                g = self.port(guest, fkey)
+                h = self.port(hport, fkey)
+                if h in host_ports:
+                    raise self.fail(fkey, f"host port {h} is already forwarded to {host_ports[h]}")
+                if SSH_PORT_BASE <= h < SSH_PORT_BASE + len(value):
+                    raise self.fail(fkey, f"host port {h} is kept for the machines' SSH")
+                host_ports[h] = name
+                forward[g] = h
+            hosts[name] = Host(name, tuple(roles), addresses, forward, index)
+        primaries = [h.name for h in hosts.values() if "db-primary" in h.roles]
+        replicas = [h.name for h in hosts.values() if "db-replica" in h.roles]
+        if replicas and len(primaries) != 1:
+            raise self.fail("hosts", f"db-replica hosts {replicas} need exactly one db-primary, found {primaries}")
+        return hosts
+
+    def flows(self, value: Any, hosts: Mapping[str, Host]) -> tuple[Flow, ...]:
+        if not isinstance(value, list):
+            raise self.fail("flows", "expected a list of flows")
+        flows: list[Flow] = []
+        seen: set[tuple[str, str, int, str]] = set()
+        used_roles = {r for h in hosts.values() for r in h.roles}
+        for i, spec in enumerate(value):
+            key = f"flows[{i}]"
+            spec = self.mapping(spec, key, {"from", "to", "port", "proto", "why"}, {"from", "to", "port"})
+            ends = []
+            for end in ("from", "to"):
+                role = spec[end]
+                if role != ANY and role not in ROLES:
+                    raise self.fail(f"{key}.{end}", f"unknown role {role!r} (known: any, {', '.join(ROLES)})")
+                if role != ANY and role not in used_roles:
+                    raise self.fail(f"{key}.{end}", f"no host carries role {role!r}")
+                ends.append(role)
+            if ends[1] == ANY:
+                raise self.fail(f"{key}.to", "a flow must name the destination role, not 'any'")
+            port = self.port(spec["port"], f"{key}.port")
+            proto = spec.get("proto", "tcp")
+            if proto not in PROTOCOLS:
+                raise self.fail(f"{key}.proto", f"expected one of {', '.join(PROTOCOLS)}, got {proto!r}")
+            ident = (ends[0], ends[1], port, proto)
+            if ident in seen:
+                raise self.fail(key, f"duplicate flow {ends[0]} -> {ends[1]} {port}/{proto}")
+            seen.add(ident)
+            flows.append(Flow(ends[0], ends[1], port, proto, str(spec.get("why", ""))))
+        return tuple(flows)
+
+
+# --------------------------------------------------------------------------- views
+
+
+def vagrant_view(topology: Topology) -> dict[str, Any]:
+    """What the Vagrantfile needs: machines with their networks and forwarded ports."""
+    from provision import box
+
+    machines = []
+    for host in topology:
+        machines.append(
+            {
+                "name": host.name,
+                "hostname": host.name,
+                "container": f"testbed-{topology.name}-{host.name}",
+                "ssh_port": host.ssh_port,
+                "networks": [
+                    {
+                        "name": net,
+                        "ip": str(addr),
+                        "netmask": str(topology.networks[net].cidr.netmask),
+                        "prefix": topology.networks[net].cidr.prefixlen,
+                    }
+                    for net, addr in host.addresses.items()
+                ],
+                "forwards": [{"guest": g, "host": h} for g, h in host.forward.items()],
+            }
+        )
+    return {"topology": topology.name, "docker_image": box.image_tag(), "machines": machines}
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m provision.topology",
+        description="Validate a topology file and print views of it.",
+    )
+    parser.add_argument(
+        "topology", nargs="?", default=None, help=f"name or path (default: $TESTBED_TOPOLOGY or {DEFAULT_TOPOLOGY})"
+    )
+    parser.add_argument(
+        "--vagrant-json", action="store_true", help="print the machines as JSON for the Vagrantfile"
+    )
+    args = parser.parse_args(argv)
+    try:
+        topology = load(args.topology)
+    except TopologyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.vagrant_json:
+        json.dump(vagrant_view(topology), sys.stdout)
+        print()
+        return 0
+    print(f"{topology.path}: topology {topology.name!r} is valid")
+    for host in topology:
+        addrs = ", ".join(f"{n}={a}" for n, a in host.addresses.items())
+        print(f"  {host.name:<10} {','.join(host.roles):<28} {addrs}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
