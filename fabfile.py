@@ -1,0 +1,58 @@
+"""Fabric tasks of webinfra-testbed. `fab -l` lists them; `fab --help TASK` explains one.
+
+The logic lives in provision/; this file only declares the tasks.
+"""
+
+from __future__ import annotations
+
+from fabric import task
+from invoke import Collection, Context
+from invoke.exceptions import Exit
+
+from provision import tasks
+
+TOPOLOGY_HELP = "topology name or file (default: $TESTBED_TOPOLOGY or seed)"
+INVENTORY_HELP = "YAML inventory of real servers instead of Vagrant (see docs/inventory.md)"
+
+
+@task(help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP, "only": "comma-separated hosts"})
+def deploy(c: Context, topology: str = "", inventory: str = "", only: str = "") -> None:
+    """Configure every machine, role by role; prints what changed."""
+    try:
+        report = tasks.deploy(topology, inventory, only)
+    except tasks.TaskError as exc:
+        raise Exit(f"deploy: {exc}", code=2) from None
+    if report.failures:
+        raise Exit(code=1)
+
+
+@task(help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP})
+def status(c: Context, topology: str = "", inventory: str = "") -> None:
+    """Show each machine, its roles and whether its services are up."""
+    try:
+        results = tasks.status(topology, inventory)
+    except tasks.TaskError as exc:
+        raise Exit(f"status: {exc}", code=2) from None
+    if not results or not all(r.reachable for r in results):
+        raise Exit(code=1)
+
+
+@task(help={"topology": TOPOLOGY_HELP})
+def endpoints(c: Context, topology: str = "") -> None:
+    """Print the URLs and commands a user opens."""
+    try:
+        print("\n".join(tasks.endpoint_lines(tasks.load(topology))))
+    except tasks.TaskError as exc:
+        raise Exit(f"endpoints: {exc}", code=2) from None
+
+
+@task(help={"topology": TOPOLOGY_HELP})
+def destroy(c: Context, topology: str = "") -> None:
+    """Remove every container, network and volume of the testbed."""
+    try:
+        tasks.destroy(topology)
+    except tasks.TaskError as exc:
+        raise Exit(f"destroy: {exc}", code=2) from None
+
+
+ns = Collection(deploy, status, endpoints, destroy)

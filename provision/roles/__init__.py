@@ -1,0 +1,13 @@
+"""Roles, one folder each, with their templates beside them.
+
+A role is a small table of contents: a function from a host's context to the
+list of steps that host needs, and the handlers those steps may notify.
+"""
+
+from __future__ import annotations
+
+from provision.engine import Role
+from provision.roles import common
+
+ALL_ROLES: tuple[Role, ...] = (common.ROLE,)
+"""Every role the deploy runs, each tagged with the tier it belongs to."""

@@ -1,0 +1,64 @@
+"""The `common` role, on every host: name, name resolution, sshd, base packages, time zone."""
+
+from __future__ import annotations
+
+from provision.engine import Command, File, HostContext, Packages, Role, Service, Step, reload_handler, render
+from provision.topology import Topology, Host
+
+BASE_PACKAGES = ("ca-certificates", "curl", "netcat-openbsd", "procps", "tzdata", "less")
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/50-webinfra-testbed.conf"
+TIMEZONE = "Etc/UTC"
+
+
+def hosts_entries(topology: Topology, viewer: Host) -> list[tuple[str, list[str]]]:
+    """(address, names) lines of /etc/hosts as `viewer` should see the testbed.
+
+    Each host resolves to its address on a network it shares with the viewer
+    (so traffic takes the path the firewall expects); the site's names resolve
+    to the load balancer where the viewer shares a network with it.
+    """
+    entries: list[tuple[str, list[str]]] = []
+    for host in topology:
+        names = [host.name]
+        if host.has_role("lb") and topology.shared_networks(viewer, host):
+            lbs = [h for h in topology.with_role("lb") if topology.shared_networks(viewer, h)]
+            if host is lbs[0]:
+                names += list(topology.site.names)
+        entries.append((str(topology.address_for(viewer, host)), names))
+    return entries
+
+
+def steps(ctx: HostContext) -> list[Step]:
+    host = ctx.host
+    return [
+        File("/etc/hostname", f"{host.name}\n", name="Ensure /etc/hostname names the host."),
+        Command(
+            "Ensure the running hostname matches the topology.",
+            check=f"[ \"$(hostname)\" = {host.name} ]",
+            run=f"hostname {host.name}",
+        ),
+        File(
+            "/etc/hosts",
+            render("common", "hosts.j2", host=host, entries=hosts_entries(ctx.topology, host)),
+            name="Ensure /etc/hosts resolves every testbed host.",
+        ),
+        Packages(BASE_PACKAGES, name="Ensure the base packages are installed."),
+        File(
+            SSHD_DROPIN,
+            render("common", "sshd.conf.j2"),
+            mode="0600",
+            validate="/usr/sbin/sshd -t -f {path}",
+            notify=["reload ssh"],
+            name="Ensure sshd is hardened (keys only, no root login).",
+        ),
+        Service("ssh", name="Ensure sshd is enabled and running."),
+        File("/etc/timezone", f"{TIMEZONE}\n", name="Ensure /etc/timezone says UTC."),
+        Command(
+            "Ensure the time zone is UTC.",
+            check=f"[ \"$(readlink /etc/localtime)\" = /usr/share/zoneinfo/{TIMEZONE} ]",
+            run=f"ln -sfn /usr/share/zoneinfo/{TIMEZONE} /etc/localtime",
+        ),
+    ]
+
+
+ROLE = Role("common", "common", steps, handlers=[reload_handler("ssh")])

@@ -1,0 +1,154 @@
+"""What the Fabric tasks do; fabfile.py only declares them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from provision import PROJECT_ROOT, STATE_DIR, engine, inventory, topology
+from provision.roles import ALL_ROLES
+
+SERVICES_BY_ROLE: dict[str, tuple[str, ...]] = {
+    "common": ("ssh",),
+    "lb": ("haproxy",),
+    "web": ("nginx",),
+    "app": ("testbed-app",),
+    "db-primary": ("mariadb",),
+    "db-replica": ("mariadb",),
+    "monitor": ("prometheus", "prometheus-alertmanager"),
+    "client": (),
+}
+"""The units a host of each role should run once every issue's roles are deployed."""
+
+
+class TaskError(RuntimeError):
+    pass
+
+
+def load(topology_name: str | None) -> topology.Topology:
+    try:
+        return topology.load(topology_name or None)
+    except topology.TopologyError as exc:
+        raise TaskError(str(exc)) from None
+
+
+def endpoints(topo: topology.Topology, inventory_file: str | None) -> dict[str, inventory.Endpoint]:
+    try:
+        return inventory.load(topo, inventory_file)
+    except inventory.InventoryError as exc:
+        raise TaskError(str(exc)) from None
+
+
+def deploy(topology_name: str | None, inventory_file: str | None, only: str) -> engine.Report:
+    topo = load(topology_name)
+    eps = endpoints(topo, inventory_file)
+    only_hosts = [h for h in only.split(",") if h]
+    unknown = [h for h in only_hosts if h not in topo.hosts]
+    if unknown:
+        raise TaskError(f"--only: {', '.join(unknown)} not in topology {topo.name!r}")
+    print(f"Deploying topology {topo.name!r} ({topo.path.relative_to(PROJECT_ROOT)}) to "
+          f"{len(only_hosts) or len(topo.hosts)} hosts.", flush=True)
+    report = engine.deploy(topo, eps, ALL_ROLES, only_hosts=only_hosts)
+    print(engine.summary(report), flush=True)
+    return report
+
+
+@dataclass
+class HostStatus:
+    name: str
+    roles: str
+    reachable: bool
+    services: dict[str, str]
+    error: str = ""
+
+
+def _probe(host: topology.Host, ep: inventory.Endpoint) -> HostStatus:
+    units = sorted({u for r in ("common", *host.roles) for u in SERVICES_BY_ROLE.get(r, ())})
+    try:
+        remote = engine.Remote(host, ep)
+        remote.connect()
+    except Exception as exc:
+        return HostStatus(host.name, ",".join(host.roles), False, {}, f"{type(exc).__name__}: {exc}")
+    try:
+        res = remote.run(
+            "for u in " + " ".join(units) + "; do if systemctl cat $u >/dev/null 2>&1; "
+            "then echo \"$u $(systemctl is-active $u)\"; else echo \"$u not-deployed\"; fi; done",
+            check=False,
+        )
+        services = dict(line.split(" ", 1) for line in res.stdout.splitlines() if " " in line)
+    finally:
+        remote.close()
+    return HostStatus(host.name, ",".join(host.roles), True, services)
+
+
+def status(topology_name: str | None, inventory_file: str | None) -> list[HostStatus]:
+    topo = load(topology_name)
+    try:
+        eps = inventory.load(topo, inventory_file)
+    except inventory.InventoryError as exc:
+        print(f"Machines are not reachable: {exc}")
+        return []
+    with ThreadPoolExecutor(max_workers=len(eps)) as pool:
+        results = list(pool.map(lambda h: _probe(h, eps[h.name]), topo))
+    print(f"Topology {topo.name!r}:")
+    print(f"  {'host':<10} {'roles':<22} {'ssh':<5} services")
+    for st in results:
+        if not st.reachable:
+            print(f"  {st.name:<10} {st.roles:<22} {'DOWN':<5} {st.error}")
+            continue
+        svc = "  ".join(f"{u}={'up' if s == 'active' else s}" for u, s in st.services.items())
+        print(f"  {st.name:<10} {st.roles:<22} {'up':<5} {svc}")
+    return results
+
+
+def endpoint_lines(topo: topology.Topology) -> list[str]:
+    lines = [f"Testbed {topo.name!r}: what to open (all on this machine's loopback)."]
+    for host in topo.with_role("lb")[:1]:
+        https = host.forward.get(443)
+        http = host.forward.get(80)
+        site = topo.site.name
+        if https:
+            lines.append(f"  Site (HTTPS):   https://{site}:{https}/   "
+                         f"(curl --resolve {site}:{https}:127.0.0.1 https://{site}:{https}/)")
+        if http:
+            lines.append(f"  Site (HTTP):    http://127.0.0.1:{http}/  (redirects to HTTPS)")
+    for host in topo:
+        for guest, local in host.forward.items():
+            if host.has_role("lb") and guest in (80, 443):
+                continue
+            lines.append(f"  {host.name} port {guest}: http://127.0.0.1:{local}/")
+    lines.append("  SSH:            vagrant ssh <host>   (hosts: " + ", ".join(topo.hosts) + ")")
+    ca = STATE_DIR / "secrets" / "ca.crt"
+    if ca.exists():
+        lines.append(f"  Testbed CA:     {ca}")
+    return lines
+
+
+def destroy(topology_name: str | None) -> None:
+    topo = load(topology_name)
+    env_cmd = ["env", f"TESTBED_TOPOLOGY={topo.name}", "vagrant", "destroy", "-f"]
+    print("Destroying the machines (vagrant destroy -f)...", flush=True)
+    subprocess.run(env_cmd, cwd=PROJECT_ROOT, check=False)
+    leftovers = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=webinfra-testbed={topo.name}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()
+    if leftovers:
+        print(f"Removing {len(leftovers)} leftover containers...", flush=True)
+        subprocess.run(["docker", "rm", "-f", "-v", *leftovers], check=False, capture_output=True)
+    nets = [f"vagrant_network_{n.cidr}" for n in topo.networks.values()]
+    existing = subprocess.run(["docker", "network", "ls", "--format", "{{.Name}}"],
+                              capture_output=True, text=True, check=False).stdout.split()
+    for net in nets:
+        if net in existing:
+            res = subprocess.run(["docker", "network", "rm", net], capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                print(f"Could not remove docker network {net}: {res.stderr.strip()}", file=sys.stderr)
+    print("Destroyed: no testbed container or network is left.")
+
+
+def last_report() -> dict[str, object]:
+    return json.loads((STATE_DIR / "last-deploy.json").read_text())
