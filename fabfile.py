@@ -15,7 +15,9 @@ TOPOLOGY_HELP = "topology name or file (default: $TESTBED_TOPOLOGY or seed)"
 INVENTORY_HELP = "YAML inventory of real servers instead of Vagrant (see docs/inventory.md)"
 
 
-@task(help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP, "only": "comma-separated hosts"})
+@task(
+    help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP, "only": "comma-separated hosts"}
+)
 def deploy(c: Context, topology: str = "", inventory: str = "", only: str = "") -> None:
     """Configure every machine, role by role; prints what changed."""
     try:

@@ -138,7 +138,14 @@ def build_rootfs(tag: str) -> None:
     with tempfile.TemporaryDirectory(prefix="testbed-rootfs-", dir="/var/tmp") as tmp:
         target = Path(tmp) / "rootfs"
         _say(f"debootstrap Debian {SUITE} from the mirror in apt's sources (about a minute)...")
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(target), mirror]
+        cmd = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES)}",
+            SUITE,
+            str(target),
+            mirror,
+        ]
         log = Path(tmp) / "debootstrap.log"
         with log.open("w") as out:
             rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
@@ -152,7 +159,9 @@ def build_rootfs(tag: str) -> None:
                     p.unlink()
         _say(f"importing the root file system as {tag}...")
         tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
-        imp = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
+        imp = subprocess.run(
+            ["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True
+        )
         tar.wait()
         if tar.returncode != 0 or imp.returncode != 0:
             raise BoxError(f"docker import failed: {imp.stderr.strip()}")
@@ -175,7 +184,9 @@ def build(force: bool = False) -> str:
             shutil.copy(path, tmp)
         shutil.copy(vagrant_public_key(), Path(tmp) / "vagrant.pub")
         _say(f"building {tag}...")
-        res = _docker("build", "-q", "--build-arg", f"BASE={base}", "-t", tag, tmp, capture_output=True)
+        res = _docker(
+            "build", "-q", "--build-arg", f"BASE={base}", "-t", tag, tmp, capture_output=True
+        )
         if res.returncode != 0:
             raise BoxError(f"docker build failed:\n{res.stderr.strip()}")
     _say(f"built {tag} in {time.monotonic() - started:.0f} s.")
@@ -183,9 +194,15 @@ def build(force: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m provision.box", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")
-    parser.add_argument("--tag", action="store_true", help="print the image tag for the current recipe and exit")
+    parser = argparse.ArgumentParser(
+        prog="python -m provision.box", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even if the recipe is unchanged"
+    )
+    parser.add_argument(
+        "--tag", action="store_true", help="print the image tag for the current recipe and exit"
+    )
     args = parser.parse_args(argv)
     if args.tag:
         print(image_tag())

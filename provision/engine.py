@@ -187,7 +187,9 @@ class File(Step):
             "else echo absent; fi"
         )
         lines = res.stdout.split("\n")
-        have_sum, have_meta = (lines[0], lines[1]) if len(lines) > 1 and lines[0] != "absent" else ("", "")
+        have_sum, have_meta = (
+            (lines[0], lines[1]) if len(lines) > 1 and lines[0] != "absent" else ("", "")
+        )
         if have_sum == want_sum and have_meta == want_meta:
             return OK
         if have_sum == want_sum:
@@ -202,7 +204,9 @@ class File(Step):
         ]
         if self.validate:
             check = self.validate.format(path=new)
-            script.append(f"if ! out=$({check} 2>&1); then rm -f {new}; echo \"$out\" >&2; exit 3; fi")
+            script.append(
+                f'if ! out=$({check} 2>&1); then rm -f {new}; echo "$out" >&2; exit 3; fi'
+            )
         # Docker bind-mounts /etc/hosts and /etc/hostname: rename fails there, so copy.
         script.append(
             f"if ! mv -f {new} {p} 2>/dev/null; then cat {new} > {p}; rm -f {new}; "
@@ -212,8 +216,10 @@ class File(Step):
             remote.run("\n".join(script))
         except StepError as exc:
             if self.validate:
-                raise StepError(f"the new {self.path} failed validation ({self.validate.split()[0]}), "
-                                f"the old one stays: {exc}") from None
+                raise StepError(
+                    f"the new {self.path} failed validation ({self.validate.split()[0]}), "
+                    f"the old one stays: {exc}"
+                ) from None
             raise
         return Outcome(True, "created" if not have_sum else "content updated")
 
@@ -249,7 +255,10 @@ class Service(Step):
 
     def apply(self, remote: Remote) -> Outcome:
         u = shlex.quote(self.unit)
-        enabled = remote.run(f"systemctl is-enabled {u}", check=False).stdout.strip() in ("enabled", "static")
+        enabled = remote.run(f"systemctl is-enabled {u}", check=False).stdout.strip() in (
+            "enabled",
+            "static",
+        )
         active = remote.run(f"systemctl is-active {u}", check=False).stdout.strip() == "active"
         done = []
         if self.enabled and not enabled:
@@ -272,7 +281,9 @@ class Handler:
 
 def reload_handler(unit: str) -> Handler:
     return Handler(
-        f"reload {unit}", f"Reload {unit} (its configuration changed).", f"systemctl reload-or-restart {unit}"
+        f"reload {unit}",
+        f"Reload {unit} (its configuration changed).",
+        f"systemctl reload-or-restart {unit}",
     )
 
 
@@ -361,7 +372,9 @@ class Printer:
         with self.lock:
             print(text, file=self.out, flush=True)
 
-    def step(self, host: str, status: str, name: str, detail: str = "", seconds: float = 0.0) -> None:
+    def step(
+        self, host: str, status: str, name: str, detail: str = "", seconds: float = 0.0
+    ) -> None:
         extra = f" ({detail})" if detail else ""
         took = f" [{seconds:.0f} s]" if seconds >= 2 else ""
         self.line(f"  {host:<10} {status:<8} {name}{extra}{took}")
@@ -382,8 +395,12 @@ def _run_host(
                 report.failures.append(Failure(host, role.name, step.name, str(exc)))
                 return
             took = time.monotonic() - started
-            report.records.append(StepRecord(host, role.name, step.name, outcome.changed, outcome.detail, took))
-            printer.step(host, "changed" if outcome.changed else "ok", step.name, outcome.detail, took)
+            report.records.append(
+                StepRecord(host, role.name, step.name, outcome.changed, outcome.detail, took)
+            )
+            printer.step(
+                host, "changed" if outcome.changed else "ok", step.name, outcome.detail, took
+            )
             if outcome.changed:
                 notified += [n for n in step.notify if n not in notified]
         for handler in role.handlers:
@@ -430,7 +447,16 @@ def deploy(
                 futures = []
                 for host in hosts:
                     futures.append(
-                        pool.submit(_host_worker, host, endpoints, remotes, tier_roles, topology, report, printer)
+                        pool.submit(
+                            _host_worker,
+                            host,
+                            endpoints,
+                            remotes,
+                            tier_roles,
+                            topology,
+                            report,
+                            printer,
+                        )
                     )
                 for f in futures:
                     f.result()
@@ -464,7 +490,9 @@ def _host_worker(
             remote.connect()
         except Exception as exc:
             printer.step(host.name, "FAILED", step, f"{type(exc).__name__}: {exc}")
-            report.failures.append(Failure(host.name, "connect", step, f"{type(exc).__name__}: {exc}"))
+            report.failures.append(
+                Failure(host.name, "connect", step, f"{type(exc).__name__}: {exc}")
+            )
             return
         remotes[host.name] = remote
     remote.progress = lambda message: printer.line(f"  {host.name:<10} ...      {message}")
@@ -484,7 +512,10 @@ def summary(report: Report) -> str:
     for f in report.failures:
         lines.append(f"  FAILED on {f.host}, role {f.role}, step {f.step!r}: {f.error}")
     if report.failures:
-        lines.append("Deploy failed. Fix the cause and run `fab deploy` again: every step re-checks its state.")
+        lines.append(
+            "Deploy failed. Fix the cause and run `fab deploy` again: "
+            "every step re-checks its state."
+        )
     elif not report.changes:
         lines.append("No changes: every host already matched the wanted state.")
     else:

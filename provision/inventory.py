@@ -92,7 +92,9 @@ def from_vagrant(topology: Topology, root: Path = PROJECT_ROOT) -> dict[str, End
     endpoints = parse_ssh_config(text)
     missing = [h.name for h in topology if h.name not in endpoints]
     if missing:
-        raise InventoryError(f"Vagrant has no running machine for {', '.join(missing)}: run `vagrant up`")
+        raise InventoryError(
+            f"Vagrant has no running machine for {', '.join(missing)}: run `vagrant up`"
+        )
     return {h.name: endpoints[h.name] for h in topology}
 
 
@@ -106,7 +108,9 @@ def from_file(path: Path, topology: Topology) -> dict[str, Endpoint]:
         raise InventoryError(f"{path}: expected a top-level 'hosts' mapping")
     unknown = sorted(set(hosts) - set(topology.hosts))
     if unknown:
-        raise InventoryError(f"{path}: hosts.{unknown[0]}: not a host of topology {topology.name!r}")
+        raise InventoryError(
+            f"{path}: hosts.{unknown[0]}: not a host of topology {topology.name!r}"
+        )
     endpoints: dict[str, Endpoint] = {}
     for host in topology:
         spec = hosts.get(host.name)

@@ -49,8 +49,11 @@ def deploy(topology_name: str | None, inventory_file: str | None, only: str) -> 
     unknown = [h for h in only_hosts if h not in topo.hosts]
     if unknown:
         raise TaskError(f"--only: {', '.join(unknown)} not in topology {topo.name!r}")
-    print(f"Deploying topology {topo.name!r} ({topo.path.relative_to(PROJECT_ROOT)}) to "
-          f"{len(only_hosts) or len(topo.hosts)} hosts.", flush=True)
+    print(
+        f"Deploying topology {topo.name!r} ({topo.path.relative_to(PROJECT_ROOT)}) to "
+        f"{len(only_hosts) or len(topo.hosts)} hosts.",
+        flush=True,
+    )
     report = engine.deploy(topo, eps, ALL_ROLES, only_hosts=only_hosts)
     print(engine.summary(report), flush=True)
     return report
@@ -71,11 +74,13 @@ def _probe(host: topology.Host, ep: inventory.Endpoint) -> HostStatus:
         remote = engine.Remote(host, ep)
         remote.connect()
     except Exception as exc:
-        return HostStatus(host.name, ",".join(host.roles), False, {}, f"{type(exc).__name__}: {exc}")
+        return HostStatus(
+            host.name, ",".join(host.roles), False, {}, f"{type(exc).__name__}: {exc}"
+        )
     try:
         res = remote.run(
             "for u in " + " ".join(units) + "; do if systemctl cat $u >/dev/null 2>&1; "
-            "then echo \"$u $(systemctl is-active $u)\"; else echo \"$u not-deployed\"; fi; done",
+            'then echo "$u $(systemctl is-active $u)"; else echo "$u not-deployed"; fi; done',
             check=False,
         )
         services = dict(line.split(" ", 1) for line in res.stdout.splitlines() if " " in line)
@@ -111,8 +116,10 @@ def endpoint_lines(topo: topology.Topology) -> list[str]:
         http = host.forward.get(80)
         site = topo.site.name
         if https:
-            lines.append(f"  Site (HTTPS):   https://{site}:{https}/   "
-                         f"(curl --resolve {site}:{https}:127.0.0.1 https://{site}:{https}/)")
+            lines.append(
+                f"  Site (HTTPS):   https://{site}:{https}/   "
+                f"(curl --resolve {site}:{https}:127.0.0.1 https://{site}:{https}/)"
+            )
         if http:
             lines.append(f"  Site (HTTP):    http://127.0.0.1:{http}/  (redirects to HTTPS)")
     for host in topo:
@@ -134,19 +141,29 @@ def destroy(topology_name: str | None) -> None:
     subprocess.run(env_cmd, cwd=PROJECT_ROOT, check=False)
     leftovers = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=webinfra-testbed={topo.name}"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.split()
     if leftovers:
         print(f"Removing {len(leftovers)} leftover containers...", flush=True)
         subprocess.run(["docker", "rm", "-f", "-v", *leftovers], check=False, capture_output=True)
     nets = [f"vagrant_network_{n.cidr}" for n in topo.networks.values()]
-    existing = subprocess.run(["docker", "network", "ls", "--format", "{{.Name}}"],
-                              capture_output=True, text=True, check=False).stdout.split()
+    existing = subprocess.run(
+        ["docker", "network", "ls", "--format", "{{.Name}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
     for net in nets:
         if net in existing:
-            res = subprocess.run(["docker", "network", "rm", net], capture_output=True, text=True, check=False)
+            res = subprocess.run(
+                ["docker", "network", "rm", net], capture_output=True, text=True, check=False
+            )
             if res.returncode != 0:
-                print(f"Could not remove docker network {net}: {res.stderr.strip()}", file=sys.stderr)
+                print(
+                    f"Could not remove docker network {net}: {res.stderr.strip()}", file=sys.stderr
+                )
     print("Destroyed: no testbed container or network is left.")
 
 

@@ -179,7 +179,9 @@ class Topology:
                         )
         return list(paths.values())
 
-    def is_allowed(self, source: str, dest: str, network: str, port: int, proto: str = "tcp") -> bool:
+    def is_allowed(
+        self, source: str, dest: str, network: str, port: int, proto: str = "tcp"
+    ) -> bool:
         return any(
             p.source.name == source
             and p.dest.name == dest
@@ -214,7 +216,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -259,7 +261,9 @@ class _Parser:
     def fail(self, key: str, problem: str) -> TopologyError:
         return TopologyError(self.path, key, problem)
 
-    def mapping(self, value: Any, key: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    def mapping(
+        self, value: Any, key: str, allowed: set[str], required: set[str]
+    ) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(key or "top level", f"expected a mapping, got {type(value).__name__}")
         for k in value:
@@ -332,7 +336,9 @@ class _Parser:
                 raise self.fail(f"{key}.cidr", f"not an IPv4 network: {exc}") from None
             for other in networks.values():
                 if cidr.overlaps(other.cidr):
-                    raise self.fail(f"{key}.cidr", f"{cidr} overlaps network {other.name} ({other.cidr})")
+                    raise self.fail(
+                        f"{key}.cidr", f"{cidr} overlaps network {other.name} ({other.cidr})"
+                    )
             networks[str(name)] = Network(str(name), cidr, str(spec.get("description", "")))
         return networks
 
@@ -344,9 +350,17 @@ class _Parser:
         host_ports: dict[int, str] = {}
         for index, (name, spec) in enumerate(value.items()):
             key = f"hosts.{name}"
-            if not isinstance(name, str) or not name.replace("-", "").isalnum() or not name[0].isalpha():
-                raise self.fail(key, "a host name must start with a letter and hold only letters, digits, '-'")
-            spec = self.mapping(spec, key, {"roles", "addresses", "forward"}, {"roles", "addresses"})
+            if (
+                not isinstance(name, str)
+                or not name.replace("-", "").isalnum()
+                or not name[0].isalpha()
+            ):
+                raise self.fail(
+                    key, "a host name must start with a letter and hold only letters, digits, '-'"
+                )
+            spec = self.mapping(
+                spec, key, {"roles", "addresses", "forward"}, {"roles", "addresses"}
+            )
             roles = spec["roles"]
             if not isinstance(roles, list) or not roles:
                 raise self.fail(f"{key}.roles", "expected a non-empty list of roles")
@@ -375,10 +389,13 @@ class _Parser:
                 if addr in (net.cidr.network_address, net.cidr.broadcast_address, net.gateway):
                     raise self.fail(
                         akey,
-                        f"{addr} is reserved in {net.cidr} (network, broadcast or the host's own .1)",
+                        f"{addr} is reserved in {net.cidr} "
+                        "(network, broadcast or the host's own .1)",
                     )
                 if addr in owner:
-                    raise self.fail(akey, f"duplicate address {addr}, already used by {owner[addr]}")
+                    raise self.fail(
+                        akey, f"duplicate address {addr}, already used by {owner[addr]}"
+                    )
                 owner[addr] = name
                 addresses[net_name] = addr
             forward: dict[int, int] = {}
@@ -399,7 +416,10 @@ class _Parser:
         primaries = [h.name for h in hosts.values() if "db-primary" in h.roles]
         replicas = [h.name for h in hosts.values() if "db-replica" in h.roles]
         if replicas and len(primaries) != 1:
-            raise self.fail("hosts", f"db-replica hosts {replicas} need exactly one db-primary, found {primaries}")
+            raise self.fail(
+                "hosts",
+                f"db-replica hosts {replicas} need exactly one db-primary, found {primaries}",
+            )
         return hosts
 
     def flows(self, value: Any, hosts: Mapping[str, Host]) -> tuple[Flow, ...]:
@@ -410,12 +430,16 @@ class _Parser:
         used_roles = {r for h in hosts.values() for r in h.roles}
         for i, spec in enumerate(value):
             key = f"flows[{i}]"
-            spec = self.mapping(spec, key, {"from", "to", "port", "proto", "why"}, {"from", "to", "port"})
+            spec = self.mapping(
+                spec, key, {"from", "to", "port", "proto", "why"}, {"from", "to", "port"}
+            )
             ends = []
             for end in ("from", "to"):
                 role = spec[end]
                 if role != ANY and role not in ROLES:
-                    raise self.fail(f"{key}.{end}", f"unknown role {role!r} (known: any, {', '.join(ROLES)})")
+                    raise self.fail(
+                        f"{key}.{end}", f"unknown role {role!r} (known: any, {', '.join(ROLES)})"
+                    )
                 if role != ANY and role not in used_roles:
                     raise self.fail(f"{key}.{end}", f"no host carries role {role!r}")
                 ends.append(role)
@@ -424,7 +448,9 @@ class _Parser:
             port = self.port(spec["port"], f"{key}.port")
             proto = spec.get("proto", "tcp")
             if proto not in PROTOCOLS:
-                raise self.fail(f"{key}.proto", f"expected one of {', '.join(PROTOCOLS)}, got {proto!r}")
+                raise self.fail(
+                    f"{key}.proto", f"expected one of {', '.join(PROTOCOLS)}, got {proto!r}"
+                )
             ident = (ends[0], ends[1], port, proto)
             if ident in seen:
                 raise self.fail(key, f"duplicate flow {ends[0]} -> {ends[1]} {port}/{proto}")
@@ -469,7 +495,10 @@ def _main(argv: list[str] | None = None) -> int:
         description="Validate a topology file and print views of it.",
     )
     parser.add_argument(
-        "topology", nargs="?", default=None, help=f"name or path (default: $TESTBED_TOPOLOGY or {DEFAULT_TOPOLOGY})"
+        "topology",
+        nargs="?",
+        default=None,
+        help=f"name or path (default: $TESTBED_TOPOLOGY or {DEFAULT_TOPOLOGY})",
     )
     parser.add_argument(
         "--vagrant-json", action="store_true", help="print the machines as JSON for the Vagrantfile"

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from provision.engine import Command, File, HostContext, Packages, Role, Service, Step, reload_handler, render
-from provision.topology import Topology, Host
+from provision.engine import (
+    Command,
+    File,
+    HostContext,
+    Packages,
+    Role,
+    Service,
+    Step,
+    reload_handler,
+    render,
+)
+from provision.topology import Host, Topology
 
 BASE_PACKAGES = ("ca-certificates", "curl", "netcat-openbsd", "procps", "tzdata", "less")
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/50-webinfra-testbed.conf"
@@ -34,7 +44,7 @@ def steps(ctx: HostContext) -> list[Step]:
         File("/etc/hostname", f"{host.name}\n", name="Ensure /etc/hostname names the host."),
         Command(
             "Ensure the running hostname matches the topology.",
-            check=f"[ \"$(hostname)\" = {host.name} ]",
+            check=f'[ "$(hostname)" = {host.name} ]',
             run=f"hostname {host.name}",
         ),
         File(
@@ -55,7 +65,7 @@ def steps(ctx: HostContext) -> list[Step]:
         File("/etc/timezone", f"{TIMEZONE}\n", name="Ensure /etc/timezone says UTC."),
         Command(
             "Ensure the time zone is UTC.",
-            check=f"[ \"$(readlink /etc/localtime)\" = /usr/share/zoneinfo/{TIMEZONE} ]",
+            check=f'[ "$(readlink /etc/localtime)" = /usr/share/zoneinfo/{TIMEZONE} ]',
             run=f"ln -sfn /usr/share/zoneinfo/{TIMEZONE} /etc/localtime",
         ),
     ]

@@ -1,0 +1,56 @@
+"""Every machine is a real, booted system reached over SSH like a VM."""
+
+from __future__ import annotations
+
+import pytest
+import testinfra
+
+from acceptance.conftest import HOST_NAMES, TOPOLOGY
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_systemd_is_pid_1_and_the_system_is_running(
+    machines: dict[str, testinfra.host.Host], name: str
+) -> None:
+    machine = machines[name]
+    assert machine.check_output("cat /proc/1/comm") == "systemd"
+    state = machine.run("systemctl is-system-running")
+    failed = machine.check_output("systemctl --failed --no-legend --plain")
+    assert state.stdout.strip() == "running", f"{name}: {state.stdout.strip()}; failed: {failed}"
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_hostname_is_the_topology_name(machines: dict[str, testinfra.host.Host], name: str) -> None:
+    assert machines[name].check_output("hostname") == name
+    assert machines[name].file("/etc/hostname").content_string == f"{name}\n"
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_time_zone_is_utc(machines: dict[str, testinfra.host.Host], name: str) -> None:
+    assert machines[name].check_output("date +%Z") == "UTC"
+
+
+@pytest.mark.parametrize(
+    "viewer,target",
+    [(a, b) for a in HOST_NAMES for b in HOST_NAMES],
+    ids=[f"{a}-resolves-{b}" for a in HOST_NAMES for b in HOST_NAMES],
+)
+def test_every_host_resolves_every_other_by_name(
+    machines: dict[str, testinfra.host.Host], viewer: str, target: str
+) -> None:
+    expected = str(TOPOLOGY.address_for(TOPOLOGY.hosts[viewer], TOPOLOGY.hosts[target]))
+    answer = machines[viewer].check_output(f"getent ahostsv4 {target} | head -1 | cut -d' ' -f1")
+    assert answer == expected
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_every_host_reaches_the_site_name_only_where_it_shares_a_network_with_the_lb(
+    machines: dict[str, testinfra.host.Host], name: str
+) -> None:
+    viewer = TOPOLOGY.hosts[name]
+    lb = TOPOLOGY.with_role("lb")[0]
+    got = machines[name].run(f"getent ahostsv4 {TOPOLOGY.site.name} | head -1 | cut -d' ' -f1")
+    if TOPOLOGY.shared_networks(viewer, lb):
+        assert got.stdout.strip() == str(TOPOLOGY.address_for(viewer, lb))
+    else:
+        assert got.stdout.strip() == ""
