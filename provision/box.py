@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -101,12 +102,13 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
         if not path.exists():
             continue
         for line in path.read_text().splitlines():
-            fields = line.split()
+            # Drop the "[opt=a opt=b]" block, which may hold spaces, before splitting.
+            fields = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
             if len(fields) >= 3 and fields[0] == "deb":
-                rest = [f for f in fields[1:] if not f.startswith("[")]
+                rest = fields[1:]
                 if len(rest) >= 2 and rest[1] in (SUITE, "stable"):
                     candidates.append(rest[0])
-    candidates = [c for c in candidates if "security" not in c]
+    candidates = [c for c in candidates if not c.rstrip("/").endswith("-security")]
     if not candidates:
         raise BoxError(
             f"no Debian {SUITE} mirror found in {sources_dir}/sources.list(.d); "

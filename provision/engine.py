@@ -99,7 +99,7 @@ class Remote:
 
     def put_bytes(self, content: bytes) -> str:
         """Upload to a private temporary file (mode 0600, owned by the login user)."""
-        tmp = self.conn.run("mktemp", hide=True).stdout.strip()
+        tmp = self.conn.run("mktemp", hide=True, in_stream=False).stdout.strip()
         self.conn.put(io.BytesIO(content), remote=tmp)
         return tmp
 

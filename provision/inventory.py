@@ -57,7 +57,7 @@ def parse_ssh_config(text: str) -> dict[str, Endpoint]:
             endpoints[name] = Endpoint(
                 name=name,
                 hostname=current.get("hostname", name),
-                port=int(current.get("port", "22")),
+                port=int(current["port"]) if current.get("port", "").isdigit() else 22,
                 user=current.get("user", "vagrant"),
                 key_file=current.get("identityfile", "").strip('"') or None,
             )
@@ -117,10 +117,13 @@ def from_file(path: Path, topology: Topology) -> dict[str, Endpoint]:
         if not isinstance(spec, Mapping) or "host" not in spec:
             raise InventoryError(f"{path}: hosts.{host.name}: missing (needs at least 'host')")
         key = spec.get("key")
+        port = spec.get("port", 22)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InventoryError(f"{path}: hosts.{host.name}.port: expected 1-65535, got {port!r}")
         endpoints[host.name] = Endpoint(
             name=host.name,
             hostname=str(spec["host"]),
-            port=int(spec.get("port", 22)),
+            port=port,
             user=str(spec.get("user", "root")),
             key_file=os.path.expanduser(str(key)) if key else None,
         )

@@ -44,11 +44,11 @@ def endpoints(topo: topology.Topology, inventory_file: str | None) -> dict[str, 
 
 def deploy(topology_name: str | None, inventory_file: str | None, only: str) -> engine.Report:
     topo = load(topology_name)
-    eps = endpoints(topo, inventory_file)
     only_hosts = [h for h in only.split(",") if h]
     unknown = [h for h in only_hosts if h not in topo.hosts]
     if unknown:
         raise TaskError(f"--only: {', '.join(unknown)} not in topology {topo.name!r}")
+    eps = endpoints(topo, inventory_file)
     print(
         f"Deploying topology {topo.name!r} ({topo.path.relative_to(PROJECT_ROOT)}) to "
         f"{len(only_hosts) or len(topo.hosts)} hosts.",
@@ -140,7 +140,15 @@ def destroy(topology_name: str | None) -> None:
     print("Destroying the machines (vagrant destroy -f)...", flush=True)
     subprocess.run(env_cmd, cwd=PROJECT_ROOT, check=False)
     leftovers = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=webinfra-testbed={topo.name}"],
+        [
+            "docker",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=webinfra-testbed={topo.name}",
+            "--filter",
+            f"label=webinfra-testbed.project={topology.project_id()}",
+        ],
         capture_output=True,
         text=True,
         check=False,

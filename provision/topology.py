@@ -11,6 +11,7 @@ Run ``python -m provision.topology --help`` for the command-line view of a topol
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import json
 import os
@@ -206,6 +207,10 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, str | int | float | bool | type(None)):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain value", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -240,6 +245,8 @@ def load(name_or_path: str | os.PathLike[str] | None = None) -> Topology:
     except FileNotFoundError:
         known = ", ".join(sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yml")))
         raise TopologyError(path, "", f"no such topology file (known: {known})") from None
+    except OSError as exc:
+        raise TopologyError(path, "", f"cannot read: {exc.strerror}") from None
     return parse(text, path)
 
 
@@ -305,7 +312,7 @@ class _Parser:
         return Topology(
             name=name,
             path=self.path,
-            description=str(top.get("description", "")).strip(),
+            description=str(top.get("description") or "").strip(),
             site=site,
             networks=networks,
             hosts=hosts,
@@ -339,7 +346,7 @@ class _Parser:
                     raise self.fail(
                         f"{key}.cidr", f"{cidr} overlaps network {other.name} ({other.cidr})"
                     )
-            networks[str(name)] = Network(str(name), cidr, str(spec.get("description", "")))
+            networks[str(name)] = Network(str(name), cidr, str(spec.get("description") or ""))
         return networks
 
     def hosts(self, value: Any, networks: Mapping[str, Network]) -> dict[str, Host]:
@@ -365,7 +372,7 @@ class _Parser:
             if not isinstance(roles, list) or not roles:
                 raise self.fail(f"{key}.roles", "expected a non-empty list of roles")
             for role in roles:
-                if role not in ROLES:
+                if not isinstance(role, str) or role not in ROLES:
                     raise self.fail(
                         f"{key}.roles", f"unknown role {role!r} (known: {', '.join(ROLES)})"
                     )
@@ -436,6 +443,8 @@ class _Parser:
             ends = []
             for end in ("from", "to"):
                 role = spec[end]
+                if not isinstance(role, str):
+                    raise self.fail(f"{key}.{end}", f"expected a role name, got {role!r}")
                 if role != ANY and role not in ROLES:
                     raise self.fail(
                         f"{key}.{end}", f"unknown role {role!r} (known: any, {', '.join(ROLES)})"
@@ -455,7 +464,7 @@ class _Parser:
             if ident in seen:
                 raise self.fail(key, f"duplicate flow {ends[0]} -> {ends[1]} {port}/{proto}")
             seen.add(ident)
-            flows.append(Flow(ends[0], ends[1], port, proto, str(spec.get("why", ""))))
+            flows.append(Flow(ends[0], ends[1], port, proto, str(spec.get("why") or "")))
         return tuple(flows)
 
 
@@ -466,13 +475,14 @@ def vagrant_view(topology: Topology) -> dict[str, Any]:
     """What the Vagrantfile needs: machines with their networks and forwarded ports."""
     from provision import box
 
+    project = project_id()
     machines = []
     for host in topology:
         machines.append(
             {
                 "name": host.name,
                 "hostname": host.name,
-                "container": f"testbed-{topology.name}-{host.name}",
+                "container": f"testbed-{topology.name}-{host.name}-{project}",
                 "ssh_port": host.ssh_port,
                 "networks": [
                     {
@@ -486,7 +496,17 @@ def vagrant_view(topology: Topology) -> dict[str, Any]:
                 "forwards": [{"guest": g, "host": h} for g, h in host.forward.items()],
             }
         )
-    return {"topology": topology.name, "docker_image": box.image_tag(), "machines": machines}
+    return {
+        "topology": topology.name,
+        "project": project,
+        "docker_image": box.image_tag(),
+        "machines": machines,
+    }
+
+
+def project_id() -> str:
+    """A short id of this checkout, so two clones never fight over container names."""
+    return hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:6]
 
 
 def _main(argv: list[str] | None = None) -> int:
