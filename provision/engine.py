@@ -16,7 +16,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +96,13 @@ class Remote:
         if check and not result.ok:
             raise StepError(_failure_text(command, result))
         return result
+
+    def facts(self) -> dict[str, str]:
+        """What roles need to know about the machine before they plan their steps."""
+        # Not through sudo, which drops SSH_CLIENT: the address our session comes from is
+        # the management path the firewall must keep open.
+        res = self.conn.run("echo $SSH_CLIENT", hide=True, in_stream=False, warn=True)
+        return {"ssh_client": res.stdout.split()[0] if res.stdout.split() else "127.0.0.1"}
 
     def put_bytes(self, content: bytes) -> str:
         """Upload to a private temporary file (mode 0600, owned by the login user)."""
@@ -314,6 +321,8 @@ def render(role: str, template: str, comment: str = "#", **context: Any) -> str:
 class HostContext:
     topology: Topology
     host: Host
+    facts: Mapping[str, str] = field(default_factory=dict)
+    """Read from the machine at connect time (see Remote.facts)."""
 
 
 @dataclass(frozen=True)
@@ -496,7 +505,13 @@ def _host_worker(
             return
         remotes[host.name] = remote
     remote.progress = lambda message: printer.line(f"  {host.name:<10} ...      {message}")
-    _run_host(remote, roles, HostContext(topology, host), report, printer)
+    try:
+        facts = remote.facts()
+    except Exception as exc:
+        printer.step(host.name, "FAILED", "Read the machine's facts.", str(exc))
+        report.failures.append(Failure(host.name, "facts", "Read the machine's facts.", str(exc)))
+        return
+    _run_host(remote, roles, HostContext(topology, host, facts), report, printer)
 
 
 def summary(report: Report) -> str:

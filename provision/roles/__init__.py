@@ -7,7 +7,7 @@ list of steps that host needs, and the handlers those steps may notify.
 from __future__ import annotations
 
 from provision.engine import Role
-from provision.roles import common
+from provision.roles import common, firewall
 
-ALL_ROLES: tuple[Role, ...] = (common.ROLE,)
+ALL_ROLES: tuple[Role, ...] = (common.ROLE, firewall.ROLE)
 """Every role the deploy runs, each tagged with the tier it belongs to."""

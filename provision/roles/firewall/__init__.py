@@ -1,0 +1,74 @@
+"""The `firewall` role, on every host: rules from the topology's flows, applied atomically.
+
+This role alone owns the rules. They are written to /etc/iptables/rules.v{4,6}
+(validated with `iptables-restore --test`), loaded in one step with
+iptables-restore (no window without rules; established sessions, the deploy's own
+included, survive), and restored at boot by netfilter-persistent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provision import firewall
+from provision.engine import (
+    Command,
+    File,
+    HostContext,
+    Packages,
+    Role,
+    Service,
+    Step,
+    render,
+)
+
+RULES_V4 = "/etc/iptables/rules.v4"
+RULES_V6 = "/etc/iptables/rules.v6"
+STATE = "/var/lib/webinfra-testbed/firewall.sha256"
+"""Digest of the rule files and of the live rules as the last apply left them: a changed
+file or a hand edit of the live rules makes it differ, and the rules are applied again."""
+LIVE = f"{{ cat {RULES_V4} {RULES_V6}; iptables -S; ip6tables -S; }} | sha256sum | cut -d' ' -f1"
+APPLY = (
+    f"iptables-restore < {RULES_V4} && ip6tables-restore < {RULES_V6} && "
+    f"install -d -m 0755 /var/lib/webinfra-testbed && {LIVE} > {STATE}"
+)
+
+
+def steps(ctx: HostContext) -> list[Step]:
+    management = ctx.facts["ssh_client"]
+    context: dict[str, Any] = {
+        "host": ctx.host,
+        "accepts": firewall.accepts(ctx.topology, ctx.host, management),
+        "log_group": firewall.LOG_GROUP,
+        "prefix": firewall.log_prefix(ctx.host),
+    }
+    return [
+        Packages(
+            ("iptables", "iptables-persistent", "netfilter-persistent", "ulogd2"),
+            name="Ensure iptables, netfilter-persistent and ulogd2 are installed.",
+        ),
+        File(
+            RULES_V4,
+            render("firewall", "rules.v4.j2", **context),
+            mode="0640",
+            validate="iptables-restore --test {path}",
+            name="Ensure the IPv4 rules match the topology's flows.",
+        ),
+        File(
+            RULES_V6,
+            render("firewall", "rules.v6.j2", **context),
+            mode="0640",
+            validate="ip6tables-restore --test {path}",
+            name="Ensure the IPv6 rules drop everything not needed.",
+        ),
+        Command(
+            "Ensure the live rules are the ones in /etc/iptables (applied atomically).",
+            check=f'[ -f {STATE} ] && [ "$({LIVE})" = "$(cat {STATE})" ]',
+            run=APPLY,
+        ),
+        Service("netfilter-persistent", name="Ensure the rules are restored at boot."),
+        Service("ulogd2", name="Ensure dropped packets are logged (ulogd2)."),
+    ]
+
+
+ROLE = Role("firewall", "common", steps)
