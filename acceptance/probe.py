@@ -1,0 +1,47 @@
+"""A TCP probe that runs inside a machine (sent there as a python3 -c script).
+
+Reads "address port" lines on stdin, connects to each concurrently and prints
+"address port open|refused|filtered". refused means the packet reached the
+destination's TCP stack (a firewall that drops would give filtered).
+"""
+
+PROBE = r"""
+import socket, sys, concurrent.futures as cf
+def probe(target):
+    addr, port = target
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(%(timeout)s)
+    try:
+        s.connect((addr, int(port)))
+        return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "filtered"
+    finally:
+        s.close()
+targets = [tuple(line.split()) for line in sys.stdin.read().splitlines() if line.strip()]
+with cf.ThreadPoolExecutor(max_workers=64) as pool:
+    for (addr, port), result in zip(targets, pool.map(probe, targets)):
+        print(addr, port, result)
+"""
+
+LISTENER = r"""
+import socket, selectors, sys
+sel = selectors.DefaultSelector()
+for port in sys.argv[1:]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(port)))
+    s.listen(64)
+    sel.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        conn, _ = key.fileobj.accept()
+        conn.close()
+"""
+
+
+def probe_script(timeout: float = 1.5) -> str:
+    return PROBE % {"timeout": timeout}

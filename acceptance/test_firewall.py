@@ -1,0 +1,195 @@
+"""The firewall lets through exactly the topology's flows, proved with real packets.
+
+Every probe starts inside a machine (never from the host, which can reach the
+docker networks directly and would pass for the wrong reason) and targets every
+address of the destination, its management address included. While the tests
+run, a probe listener answers on each flow port of each destination where no
+service listens yet, so an allowed flow connects and a forbidden one times out.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Iterator
+
+import pytest
+import testinfra
+
+from acceptance.conftest import HOST_NAMES, TOPOLOGY
+from acceptance.probe import LISTENER, probe_script
+
+FLOW_PORTS = sorted({f.port for f in TOPOLOGY.flows if f.proto == "tcp"})
+PORTS = sorted({22, *FLOW_PORTS})
+PAIRS = [(s, d) for s in HOST_NAMES for d in HOST_NAMES if s != d]
+Machines = dict[str, testinfra.host.Host]
+
+
+def _listening(machine: testinfra.host.Host) -> set[tuple[str, int]]:
+    out = machine.check_output("ss -ltnH | awk '{print $4}'")
+    result = set()
+    for local in out.split():
+        addr, _, port = local.rpartition(":")
+        result.add((addr.strip("[]"), int(port)))
+    return result
+
+
+def _addresses(machine: testinfra.host.Host, family: str = "inet") -> list[str]:
+    out = machine.check_output(f"ip -o -f {family} addr show scope global | awk '{{print $4}}'")
+    return [a.split("/")[0] for a in out.split()]
+
+
+@pytest.fixture(scope="module")
+def listeners(machines: Machines) -> Iterator[None]:
+    """Start a probe listener on each flow port of each host where nothing listens."""
+    started = []
+    for name in HOST_NAMES:
+        host = TOPOLOGY.hosts[name]
+        wanted = {p.port for p in TOPOLOGY.allowed_paths() if p.dest.name == name}
+        busy = {port for _, port in _listening(machines[name])}
+        ports = sorted(wanted - busy)
+        if ports:
+            machines[name].check_output(
+                "systemd-run --unit=testbed-probe-listener --collect python3 -c "
+                + shlex.quote(LISTENER)
+                + " "
+                + " ".join(map(str, ports))
+            )
+            started.append(host.name)
+    time.sleep(1)
+    yield
+    for name in started:
+        machines[name].run("systemctl stop testbed-probe-listener")
+
+
+@pytest.fixture(scope="module")
+def addresses(machines: Machines) -> dict[str, list[str]]:
+    """Every IPv4 address of every machine: topology networks and management alike."""
+    return {name: _addresses(machines[name]) for name in HOST_NAMES}
+
+
+def _network_of(address: str) -> str | None:
+    import ipaddress
+
+    for net in TOPOLOGY.networks.values():
+        if ipaddress.ip_address(address) in net.cidr:
+            return net.name
+    return None
+
+
+@pytest.fixture(scope="module")
+def matrix(
+    machines: Machines, listeners: None, addresses: dict[str, list[str]]
+) -> dict[tuple[str, str, str, int], str]:
+    """(source, destination, address, port) -> open|refused|filtered, probed for real."""
+    results: dict[tuple[str, str, str, int], str] = {}
+    for src in HOST_NAMES:
+        targets = [(d, a, p) for d in HOST_NAMES if d != src for a in addresses[d] for p in PORTS]
+        stdin = "\n".join(f"{a} {p}" for _, a, p in targets)
+        out = machines[src].check_output(
+            f"printf %s {shlex.quote(stdin)} | python3 -c {shlex.quote(probe_script())}"
+        )
+        by_target = {(a, int(p)): r for a, p, r in (line.split() for line in out.splitlines())}
+        for d, a, p in targets:
+            results[(src, d, a, p)] = by_target[(a, p)]
+    return results
+
+
+@pytest.mark.parametrize("port", PORTS)
+@pytest.mark.parametrize("source,dest", PAIRS, ids=[f"{s}->{d}" for s, d in PAIRS])
+def test_connection_succeeds_exactly_when_the_topology_allows_it(
+    matrix: dict[tuple[str, str, str, int], str],
+    addresses: dict[str, list[str]],
+    source: str,
+    dest: str,
+    port: int,
+) -> None:
+    wrong = []
+    for address in addresses[dest]:
+        network = _network_of(address) or "management"
+        allowed = TOPOLOGY.is_allowed(source, dest, network, port)
+        got = matrix[(source, dest, address, port)]
+        expected = "open" if allowed else "filtered"
+        if got != expected:
+            wrong.append(f"{address} ({network}) port {port}: expected {expected}, got {got}")
+    assert not wrong, f"{source} -> {dest}: " + "; ".join(wrong)
+
+
+def test_a_scan_from_the_client_finds_only_80_and_443_on_the_load_balancer(
+    machines: Machines, listeners: None, addresses: dict[str, list[str]]
+) -> None:
+    client = machines["client"]
+    client.check_output(
+        "command -v nmap >/dev/null || DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -y -q --no-install-recommends nmap >/dev/null"
+    )
+    targets = sorted({a for name in HOST_NAMES if name != "client" for a in addresses[name]})
+    out = client.check_output(
+        "nmap -n -Pn -sS -p- --min-rate 20000 --max-retries 1 -oG - " + " ".join(targets)
+    )
+    found = set()
+    for line in out.splitlines():
+        if line.startswith("Host:") and "Ports:" in line:
+            addr = line.split()[1]
+            for entry in line.split("Ports:")[1].split(","):
+                fields = entry.strip().split("/")
+                if len(fields) > 1 and fields[1] == "open":
+                    found.add((addr, int(fields[0])))
+    lb = TOPOLOGY.hosts["lb1"]
+    assert found == {(str(lb.addresses["public"]), 80), (str(lb.addresses["public"]), 443)}
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_every_listening_socket_is_an_allowed_flow_or_loopback(
+    machines: Machines, name: str
+) -> None:
+    allowed = {22} | {p.port for p in TOPOLOGY.allowed_paths() if p.dest.name == name}
+    surprises = [
+        f"{addr}:{port}"
+        for addr, port in _listening(machines[name])
+        if not addr.startswith("127.") and addr != "::1" and port not in allowed
+    ]
+    assert not surprises, f"{name} listens outside the flows: {surprises}"
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+@pytest.mark.parametrize("command", ["iptables", "ip6tables"])
+def test_input_and_forward_drop_by_default(machines: Machines, name: str, command: str) -> None:
+    rules = machines[name].check_output(f"{command} -S").splitlines()
+    assert "-P INPUT DROP" in rules
+    assert "-P FORWARD DROP" in rules
+
+
+@pytest.mark.parametrize("source,dest", PAIRS, ids=[f"{s}->{d}" for s, d in PAIRS])
+def test_nothing_answers_over_ipv6_where_ipv4_forbids_it(
+    machines: Machines, listeners: None, source: str, dest: str
+) -> None:
+    # Docker leaves the machines without global IPv6 addresses; VMs may have some.
+    v6 = _addresses(machines[dest], "inet6")
+    stdin = "\n".join(f"{a} {p}" for a in v6 for p in PORTS)
+    out = machines[source].check_output(
+        f"printf %s {shlex.quote(stdin)} | python3 -c {shlex.quote(probe_script())}"
+    )
+    opened = [line for line in out.splitlines() if not line.endswith("filtered")]
+    assert not opened, f"{source} reaches {dest} over IPv6: {opened}"
+
+
+def test_a_dropped_connection_is_logged_on_the_destination_with_its_host_prefix(
+    machines: Machines,
+) -> None:
+    lb = TOPOLOGY.hosts["lb1"]
+    client = TOPOLOGY.hosts["client"]
+    assert not TOPOLOGY.is_allowed("client", "lb1", "public", 3306)
+    machines["client"].run(
+        f"printf %s '{lb.addresses['public']} 3306' | python3 -c {shlex.quote(probe_script(0.5))}"
+    )
+    time.sleep(1)
+    log = machines["lb1"].check_output("tail -n 50 /var/log/ulog/syslogemu.log")
+    hits = [
+        line
+        for line in log.splitlines()
+        if "fw-drop lb1:" in line
+        and f"SRC={client.addresses['public']}" in line
+        and "DPT=3306" in line
+    ]
+    assert hits, "no drop logged for client -> lb1:3306\n" + log[-1500:]
