@@ -57,4 +57,14 @@ def destroy(c: Context, topology: str = "") -> None:
         raise Exit(f"destroy: {exc}", code=2) from None
 
 
-ns = Collection(deploy, status, endpoints, destroy)
+@task(name="show", help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP})
+def firewall_show(c: Context, topology: str = "", inventory: str = "") -> None:
+    """Print each host's live firewall as a matrix: which sources reach which ports."""
+    try:
+        tasks.firewall_show(topology, inventory)
+    except tasks.TaskError as exc:
+        raise Exit(f"firewall.show: {exc}", code=2) from None
+
+
+firewall = Collection("firewall", firewall_show)
+ns = Collection(deploy, status, endpoints, destroy, firewall)

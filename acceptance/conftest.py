@@ -24,6 +24,8 @@ HOST_NAMES = [h.name for h in TOPOLOGY]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.acceptance)
+    # Tests that restart a machine run last, so they cannot break the others' sessions.
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
 
 @pytest.fixture(scope="session")
