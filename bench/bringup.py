@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from provision import PROJECT_ROOT, box
+from provision.roles import ALL_ROLES
 
 VENV_BIN = Path(sys.executable).parent
 DOC = PROJECT_ROOT / "docs" / "bringup.md"
@@ -99,7 +100,8 @@ def write_doc(
 
 Measured by `python -m bench.bringup --runs {runs}` on {time.strftime("%Y-%m-%d")}, on this
 project's machine: {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()},
-docker provider, topology `seed` (5 machines). {runs} run(s) of each; where more than one,
+docker provider, topology `seed` (5 machines), deploying the roles
+{", ".join(r.name for r in ALL_ROLES)}. {runs} run(s) of each; where more than one,
 the median with min and max. Times are wall clock around the real commands; the machine is
 shared and noisy, so read them as a scale, not a promise.
 
@@ -116,14 +118,15 @@ shared and noisy, so read them as a scale, not a promise.
 
 ## Compared with VirtualBox VMs
 
-This machine has no hypervisor, so a plain `vagrant up --provider=virtualbox` of
-`debian/bookworm64` cannot be run here. What Vagrant documents for that path: the first
-`vagrant up` downloads the box from Vagrant Cloud (a few hundred MB for debian/bookworm64),
-then imports and boots a full VM per machine, and waits for its SSH; machines come up one
-after another by default (VirtualBox does not support parallel `vagrant up`,
-see Vagrant's docs on `--parallel`). The docker provider boots the five machines in
-parallel from a local image with no download, which is why the warm bring-up above is
-dominated by the deploy, not by the machines.
+This machine has no hypervisor, so `vagrant up --provider=virtualbox` of
+`debian/bookworm64` could not be measured here, and no figure is claimed for it. What
+differs, from Vagrant's documentation: the first `vagrant up` downloads the box from
+Vagrant Cloud (the docker box here is built locally and needs no download), every machine
+is a full VM that imports a disk and boots a kernel before SSH answers, and VirtualBox
+machines come up one after another, since `--parallel` applies only to providers that
+support it and VirtualBox does not (the docker provider does). The deploy phase is the
+same code on both. To measure it on a laptop: `time vagrant up --provider=virtualbox`
+then `time fab deploy`.
 """
     )
 

@@ -21,6 +21,16 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _fab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fabric", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def test_a_host_that_is_down_fails_the_deploy_naming_the_host_and_the_step(tmp_path: Path) -> None:
     topo = topology.load("seed")
     port = _closed_port()
@@ -41,26 +51,14 @@ def test_fab_deploy_exits_non_zero_and_names_the_unreachable_host(tmp_path: Path
     inventory.write_text(
         yaml.safe_dump({"hosts": {h.name: {"host": "127.0.0.1", "port": port} for h in topo}})
     )
-    res = subprocess.run(
-        [sys.executable, "-m", "fabric", "deploy", "--inventory", str(inventory), "--only", "web2"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    res = _fab("deploy", "--inventory", str(inventory), "--only", "web2")
     assert res.returncode == 1
     assert "FAILED on web2, role connect" in res.stdout
     assert "web1" not in res.stdout.split("Summary")[1]
 
 
 def test_fab_deploy_rejects_an_unknown_host_in_only_with_a_clear_error() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "fabric", "deploy", "--inventory", "/dev/null", "--only", "web9"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    res = _fab("deploy", "--inventory", "/dev/null", "--only", "web9")
     assert res.returncode == 2
     assert "web9" in res.stderr
 

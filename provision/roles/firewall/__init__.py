@@ -47,19 +47,18 @@ def steps(ctx: HostContext) -> list[Step]:
             ("iptables", "iptables-persistent", "netfilter-persistent", "ulogd2"),
             name="Ensure iptables, netfilter-persistent and ulogd2 are installed.",
         ),
-        File(
-            RULES_V4,
-            render("firewall", "rules.v4.j2", **context),
-            mode="0640",
-            validate="iptables-restore --test {path}",
-            name="Ensure the IPv4 rules match the topology's flows.",
-        ),
-        File(
-            RULES_V6,
-            render("firewall", "rules.v6.j2", **context),
-            mode="0640",
-            validate="ip6tables-restore --test {path}",
-            name="Ensure the IPv6 rules drop everything not needed.",
+        *(
+            File(
+                path,
+                render("firewall", f"rules.v{version}.j2", **context),
+                mode="0640",
+                validate=f"{tool}-restore --test {{path}}",
+                name=name,
+            )
+            for version, path, tool, name in (
+                (4, RULES_V4, "iptables", "Ensure the IPv4 rules match the topology's flows."),
+                (6, RULES_V6, "ip6tables", "Ensure the IPv6 rules drop everything not needed."),
+            )
         ),
         Command(
             "Ensure the live rules are the ones in /etc/iptables (applied atomically).",
