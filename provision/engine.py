@@ -101,8 +101,21 @@ class Remote:
         """What roles need to know about the machine before they plan their steps."""
         # Not through sudo, which drops SSH_CLIENT: the address our session comes from is
         # the management path the firewall must keep open.
-        res = self.conn.run("echo $SSH_CLIENT", hide=True, in_stream=False, warn=True)
-        return {"ssh_client": res.stdout.split()[0] if res.stdout.split() else "127.0.0.1"}
+        res = self.conn.run(
+            "echo $SSH_CLIENT; nproc; uname -m; "
+            "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",
+            hide=True,
+            in_stream=False,
+            warn=True,
+        )
+        lines = res.stdout.splitlines() + ["", "", "", ""]
+        client = lines[0].split()
+        return {
+            "ssh_client": client[0] if client else "127.0.0.1",
+            "cpus": lines[1].strip() or "1",
+            "arch": lines[2].strip(),
+            "python": lines[3].strip(),
+        }
 
     def put_bytes(self, content: bytes) -> str:
         """Upload to a private temporary file (mode 0600, owned by the login user)."""
@@ -174,6 +187,9 @@ class File(Step):
     group: str = "root"
     validate: str | None = None
     """Command run on the new file before it replaces the old one; `{path}` is the new file."""
+    validate_in_place: str | None = None
+    """For configs only checkable where they live (`nginx -t`): run after the swap; on
+    failure the previous content is put back."""
     notify: Sequence[str] = ()
     secret: bool = False
     name: str = ""
@@ -219,12 +235,23 @@ class File(Step):
             f"if ! mv -f {new} {p} 2>/dev/null; then cat {new} > {p}; rm -f {new}; "
             f"chmod {self.mode} {p}; chown {self.owner}:{self.group} {p}; fi"
         )
+        if self.validate_in_place:
+            old = shlex.quote(self.path + ".testbed-old")
+            script[-1:] = [
+                f"if [ -f {p} ]; then cp -p {p} {old}; fi",
+                f"mv -f {new} {p}",
+                f"if ! out=$({self.validate_in_place} 2>&1); then "
+                f"if [ -f {old} ]; then mv -f {old} {p}; else rm -f {p}; fi; "
+                'echo "$out" >&2; exit 3; fi',
+                f"rm -f {old}",
+            ]
         try:
             remote.run("\n".join(script))
         except StepError as exc:
-            if self.validate:
+            if self.validate or self.validate_in_place:
+                check = self.validate or self.validate_in_place or ""
                 raise StepError(
-                    f"the new {self.path} failed validation ({self.validate.split()[0]}), "
+                    f"the new {self.path} failed validation ({check.split()[0]}), "
                     f"the old one stays: {exc}"
                 ) from None
             raise
@@ -239,12 +266,15 @@ class Command(Step):
     check: str
     run: str
     notify: Sequence[str] = ()
+    check_stdin: str | None = None
+    run_stdin: str | None = None
+    """Input for the commands: how secrets (SQL with passwords) travel, never in argv."""
 
     def apply(self, remote: Remote) -> Outcome:
-        if remote.run(self.check, check=False).ok:
+        if remote.run(self.check, check=False, stdin=self.check_stdin).ok:
             return OK
-        remote.run(self.run)
-        if not remote.run(self.check, check=False).ok:
+        remote.run(self.run, stdin=self.run_stdin)
+        if not remote.run(self.check, check=False, stdin=self.check_stdin).ok:
             raise StepError(f"applied, but the check still fails: `{self.check}`")
         return Outcome(True)
 
@@ -284,6 +314,14 @@ class Handler:
     key: str
     name: str
     command: str
+
+
+def restart_handler(unit: str) -> Handler:
+    return Handler(
+        f"restart {unit}",
+        f"Restart {unit} (its configuration changed).",
+        f"systemctl daemon-reload && systemctl restart {unit}",
+    )
 
 
 def reload_handler(unit: str) -> Handler:

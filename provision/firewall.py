@@ -41,6 +41,11 @@ def accepts(topology: Topology, host: Host, management: str) -> list[Accept]:
     """The ACCEPT rules of `host`, SSH first, then the flows in topology order."""
     mgmt = str(ipaddress.ip_network(management, strict=False))
     rules = [Accept("management", mgmt, "", 22, "tcp", "ssh from the management path")]
+    # Ports the topology forwards to the host's loopback arrive from the management path too.
+    rules += [
+        Accept("management", mgmt, "", guest, "tcp", f"forwarded to the host's 127.0.0.1:{local}")
+        for guest, local in sorted(host.forward.items())
+    ]
     for path in topology.allowed_paths():
         if path.dest.name != host.name:
             continue
@@ -69,6 +74,12 @@ def matrix_markdown(topology: Topology) -> str:
             f"| {p.port}/{p.proto} | {p.why} |"
         )
     lines.append("| management path | every host | every address | 22/tcp | SSH for deploys |")
+    for host in topology:
+        for guest, local in sorted(host.forward.items()):
+            lines.append(
+                f"| management path | {host.name} | every address | {guest}/tcp "
+                f"| forwarded to the host's 127.0.0.1:{local} |"
+            )
     return "\n".join(lines)
 
 

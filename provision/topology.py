@@ -238,7 +238,10 @@ def selected_name() -> str:
     return os.environ.get("TESTBED_TOPOLOGY") or DEFAULT_TOPOLOGY
 
 
-def load(name_or_path: str | os.PathLike[str] | None = None) -> Topology:
+def load(
+    name_or_path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Topology:
+    """Load and validate a topology; `overrides` replace values of its `options`."""
     path = path_for(name_or_path if name_or_path is not None else selected_name())
     try:
         text = path.read_text()
@@ -247,10 +250,23 @@ def load(name_or_path: str | os.PathLike[str] | None = None) -> Topology:
         raise TopologyError(path, "", f"no such topology file (known: {known})") from None
     except OSError as exc:
         raise TopologyError(path, "", f"cannot read: {exc.strerror}") from None
-    return parse(text, path)
+    return parse(text, path, overrides)
 
 
-def parse(text: str, path: Path | str = "<string>") -> Topology:
+def parse_option_overrides(items: str) -> dict[str, Any]:
+    """`reencrypt=true,x=1` -> {"reencrypt": True, "x": 1} (values read as YAML scalars)."""
+    result: dict[str, Any] = {}
+    for item in filter(None, (i.strip() for i in items.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TopologyError("--option", item, "expected NAME=VALUE")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def parse(
+    text: str, path: Path | str = "<string>", overrides: Mapping[str, Any] | None = None
+) -> Topology:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -258,12 +274,13 @@ def parse(text: str, path: Path | str = "<string>") -> Topology:
         where = f"line {mark.line + 1}" if mark else "YAML"
         problem = getattr(exc, "problem", None) or str(exc)
         raise TopologyError(path, where, f"not valid YAML: {problem}") from None
-    return _Parser(Path(path)).topology(data)
+    return _Parser(Path(path), dict(overrides or {})).topology(data)
 
 
 class _Parser:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, overrides: dict[str, Any]) -> None:
         self.path = path
+        self.overrides = overrides
 
     def fail(self, key: str, problem: str) -> TopologyError:
         return TopologyError(self.path, key, problem)
@@ -306,9 +323,13 @@ class _Parser:
         options = top.get("options") or {}
         if not isinstance(options, dict):
             raise self.fail("options", "expected a mapping")
+        for key in self.overrides:
+            if key not in options:
+                raise self.fail(f"options.{key}", "cannot override an option the file does not set")
+        options = {**options, **self.overrides}
         networks = self.networks(top["networks"])
         hosts = self.hosts(top["hosts"], networks)
-        flows = self.flows(top["flows"], hosts)
+        flows = self.flows(top["flows"], hosts, options)
         return Topology(
             name=name,
             path=self.path,
@@ -429,7 +450,9 @@ class _Parser:
             )
         return hosts
 
-    def flows(self, value: Any, hosts: Mapping[str, Host]) -> tuple[Flow, ...]:
+    def flows(
+        self, value: Any, hosts: Mapping[str, Host], options: Mapping[str, Any]
+    ) -> tuple[Flow, ...]:
         if not isinstance(value, list):
             raise self.fail("flows", "expected a list of flows")
         flows: list[Flow] = []
@@ -438,8 +461,20 @@ class _Parser:
         for i, spec in enumerate(value):
             key = f"flows[{i}]"
             spec = self.mapping(
-                spec, key, {"from", "to", "port", "proto", "why"}, {"from", "to", "port"}
+                spec,
+                key,
+                {"from", "to", "port", "proto", "why", "when", "unless"},
+                {"from", "to", "port"},
             )
+            active = True
+            for cond in ("when", "unless"):
+                if cond in spec:
+                    opt = spec[cond]
+                    if not isinstance(opt, str) or opt not in options:
+                        raise self.fail(
+                            f"{key}.{cond}", f"{opt!r} is not an option of this topology"
+                        )
+                    active = active and (bool(options[opt]) == (cond == "when"))
             ends = []
             for end in ("from", "to"):
                 role = spec[end]
@@ -464,7 +499,8 @@ class _Parser:
             if ident in seen:
                 raise self.fail(key, f"duplicate flow {ends[0]} -> {ends[1]} {port}/{proto}")
             seen.add(ident)
-            flows.append(Flow(ends[0], ends[1], port, proto, str(spec.get("why") or "")))
+            if active:
+                flows.append(Flow(ends[0], ends[1], port, proto, str(spec.get("why") or "")))
         return tuple(flows)
 
 

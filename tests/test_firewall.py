@@ -32,6 +32,13 @@ def test_input_and_forward_policies_are_drop(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(SEED.hosts))
+def test_the_management_source_reaches_ssh_and_forwarded_ports_only(name: str) -> None:
+    host = SEED.hosts[name]
+    mgmt = [a.port for a in firewall.accepts(SEED, host, MGMT) if a.source == "management"]
+    assert mgmt == [22, *sorted(host.forward)]
+
+
+@pytest.mark.parametrize("name", list(SEED.hosts))
 def test_ssh_is_accepted_only_from_the_management_source(name: str) -> None:
     ssh = [line for line in _rules(name).splitlines() if "--dport 22 " in line]
     assert ssh == [line for line in ssh if f"-s {MGMT}/32 " in line]

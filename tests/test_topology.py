@@ -435,7 +435,7 @@ MALFORMED = [
     ),
     pytest.param(
         setting("hosts.monitor.roles", ["client"]),
-        "flows[6].to",
+        "flows[7].to",
         "no host carries role 'monitor'",
         id="flow-to-role-no-host-carries",
     ),
@@ -599,3 +599,30 @@ def test_nested_list_flow_role_is_rejected_as_a_topology_error() -> None:
 
 def test_empty_description_is_an_empty_string() -> None:
     assert topology.parse(setting("description", None)()).description == ""
+
+
+def test_an_option_override_switches_conditional_flows() -> None:
+    plain = topology.load("seed")
+    reencrypted = topology.load("seed", {"reencrypt": True})
+    assert plain.is_allowed("lb1", "web1", "private", 80)
+    assert not plain.is_allowed("lb1", "web1", "private", 443)
+    assert reencrypted.is_allowed("lb1", "web1", "private", 443)
+    assert not reencrypted.is_allowed("lb1", "web1", "private", 80)
+
+
+def test_overriding_an_option_the_file_does_not_set_is_rejected() -> None:
+    with pytest.raises(TopologyError, match="options.colour"):
+        topology.load("seed", {"colour": "blue"})
+
+
+def test_a_flow_condition_must_name_an_option() -> None:
+    text = (topology.TOPOLOGY_DIR / "seed.yml").read_text()
+    text = text.replace("unless: reencrypt", "unless: turbo")
+    with pytest.raises(TopologyError, match=r"flows\[2\].unless: 'turbo' is not an option"):
+        topology.parse(text, "seed.yml")
+
+
+def test_option_overrides_are_read_as_yaml_scalars() -> None:
+    assert topology.parse_option_overrides("reencrypt=true, n=3") == {"reencrypt": True, "n": 3}
+    with pytest.raises(TopologyError):
+        topology.parse_option_overrides("reencrypt")

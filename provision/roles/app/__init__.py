@@ -1,0 +1,142 @@
+"""The `app` role: the Flask app (app/) under gunicorn, as a systemd service.
+
+Flask and gunicorn come from Debian's packages; mysql-connector-python, which Debian
+does not package, is installed into a venv (with the system's site-packages) from a
+wheel the deploy downloads once on the control machine, pinned like the rest of
+requirements.txt, so the machines need no access to a Python package index.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from provision import PROJECT_ROOT, STATE_DIR, secrets
+from provision.engine import (
+    Command,
+    File,
+    HostContext,
+    Packages,
+    Role,
+    Service,
+    Step,
+    StepError,
+    render,
+    restart_handler,
+)
+from provision.roles import db
+
+HOME = "/opt/testbed-app"
+VENV = f"{HOME}/venv"
+CONFIG = "/etc/testbed-app/app.ini"
+UNIT = "testbed-app"
+LISTEN = "127.0.0.1:8000"
+CONNECTOR = "mysql-connector-python"
+APP_DIR = PROJECT_ROOT / "app" / "testbed_app"
+
+
+def connector_version() -> str:
+    from importlib.metadata import version
+
+    return version(CONNECTOR)
+
+
+def connector_wheel(arch: str, python: str) -> Path:
+    """The pinned connector's wheel for the machines' platform, downloaded once."""
+    wheels = STATE_DIR / "wheels"
+    pyver = python.replace(".", "")
+    pattern = f"mysql_connector_python-{connector_version()}-cp{pyver}-*{arch}.whl"
+    found = sorted(wheels.glob(pattern))
+    if found:
+        return found[0]
+    wheels.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+         "--python-version", python, "--platform", f"manylinux_2_28_{arch}",
+         "-d", str(wheels), f"{CONNECTOR}=={connector_version()}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = sorted(wheels.glob(pattern))
+    if res.returncode != 0 or not found:
+        raise StepError(f"cannot download the {CONNECTOR} wheel: {res.stderr.strip()[-400:]}")
+    return found[0]
+
+
+def workers(cpus: str) -> int:
+    """gunicorn's advice, 2 x CPUs + 1, capped so small test machines keep memory."""
+    return min(2 * max(int(cpus or 1), 1) + 1, 8)
+
+
+def steps(ctx: HostContext) -> list[Step]:
+    topo, host = ctx.topology, ctx.host
+    wheel = connector_wheel(ctx.facts.get("arch", "x86_64"), ctx.facts.get("python", "3.11"))
+    code = [
+        File(
+            f"{HOME}/testbed_app/{path.name}",
+            path.read_text(),
+            notify=["restart testbed-app"],
+            name=f"Ensure the app's {path.name} is up to date.",
+        )
+        for path in sorted(APP_DIR.glob("*.py"))
+    ]
+    return [
+        Packages(
+            ("python3-flask", "gunicorn", "python3-venv", "python3-prometheus-client"),
+            name="Ensure Flask, gunicorn and the venv tools are installed.",
+        ),
+        Command(
+            "Ensure the testbed-app system user exists.",
+            check="id -u testbed-app >/dev/null 2>&1",
+            run=f"useradd --system --home-dir {HOME} --shell /usr/sbin/nologin testbed-app",
+        ),
+        File(
+            f"{HOME}/wheels/{wheel.name}",
+            wheel.read_bytes(),
+            name=f"Ensure the {CONNECTOR} wheel is on the host.",
+        ),
+        Command(
+            f"Ensure {CONNECTOR} {connector_version()} is installed in the app's venv.",
+            check=f'{VENV}/bin/python -c "from importlib.metadata import version as v; '
+            f"assert v('{CONNECTOR}') == '{connector_version()}'\" 2>/dev/null",
+            run=f"python3 -m venv --system-site-packages {VENV} && "
+            f"{VENV}/bin/pip install -q --no-index --no-deps {HOME}/wheels/{wheel.name}",
+            notify=["restart testbed-app"],
+        ),
+        *code,
+        File(
+            CONFIG,
+            render(
+                "app",
+                "app.ini.j2",
+                db_host=db.endpoint(topo, host),
+                db_user=db.APP_USER,
+                db_password=secrets.password("db-app"),
+                db_name=db.DATABASE,
+            ),
+            mode="0600",
+            owner="testbed-app",
+            group="testbed-app",
+            secret=True,
+            notify=["restart testbed-app"],
+            name="Ensure the app's database settings are in place (0600).",
+        ),
+        File(
+            f"/etc/systemd/system/{UNIT}.service",
+            render(
+                "app",
+                "testbed-app.service.j2",
+                home=HOME,
+                venv=VENV,
+                config=CONFIG,
+                listen=LISTEN,
+                workers=workers(ctx.facts.get("cpus", "1")),
+            ),
+            notify=["restart testbed-app"],
+            name="Ensure the app's systemd unit is up to date.",
+        ),
+        Service(UNIT, name="Ensure the app is enabled and running."),
+    ]
+
+
+ROLE = Role("app", "app", steps, handlers=[restart_handler(UNIT)])

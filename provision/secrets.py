@@ -1,0 +1,181 @@
+"""Secrets generated at deploy time, kept in .testbed/secrets/ (mode 0700, files 0600).
+
+Nothing here is ever committed, templated into a tracked file or printed: roles
+push secrets to machines with `File(..., secret=True)`, and the engine never logs
+file contents. The testbed CA signs the site certificate (www.foobar.com) and the
+backends' certificates (used when re-encryption is on).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import secrets as pysecrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from provision import STATE_DIR
+
+SECRETS_DIR = STATE_DIR / "secrets"
+CA_DAYS = 3650
+LEAF_DAYS = 397
+"""Browsers refuse leaf certificates valid for more than 398 days."""
+RENEW_BEFORE_DAYS = 30
+
+
+def _dir(base: Path | None = None) -> Path:
+    path = base or SECRETS_DIR
+    path.mkdir(parents=True, mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    path.parent.chmod(0o700)
+    return path
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    tmp.replace(path)
+
+
+def password(name: str, base: Path | None = None) -> str:
+    """A password generated once and kept; the same on every later call."""
+    path = _dir(base) / f"{name}.password"
+    if not path.exists():
+        _write(path, pysecrets.token_urlsafe(24).encode())
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    key_pem: bytes
+    cert_pem: bytes
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+    @property
+    def bundle(self) -> bytes:
+        """Certificate then key, as HAProxy's `crt` wants them."""
+        return self.cert_pem + self.key_pem
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def ca(base: Path | None = None) -> KeyPair:
+    """The testbed CA, created on first use."""
+    d = _dir(base)
+    key_path, cert_path = d / "ca.key", d / "ca.crt"
+    if key_path.exists() and cert_path.exists():
+        return KeyPair(key_path.read_bytes(), cert_path.read_bytes())
+    key = _key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webinfra-testbed CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write(key_path, _pem(key))
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return KeyPair(key_path.read_bytes(), cert_path.read_bytes())
+
+
+def ca_cert_path(base: Path | None = None) -> Path:
+    ca(base)
+    return _dir(base) / "ca.crt"
+
+
+def _sans(cert: x509.Certificate) -> set[str]:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(v) for v in ext.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in ext.get_values_for_type(x509.IPAddress)
+    }
+
+
+def leaf(
+    name: str, dns: list[str], ips: list[str], base: Path | None = None, renew: bool = False
+) -> KeyPair:
+    """A server certificate signed by the testbed CA, kept and reused while it fits.
+
+    Issued again when asked (`renew`), when its names change, or when it expires
+    within RENEW_BEFORE_DAYS.
+    """
+    d = _dir(base)
+    key_path, cert_path = d / f"{name}.key", d / f"{name}.crt"
+    wanted = set(dns) | {str(ipaddress.ip_address(i)) for i in ips}
+    if key_path.exists() and cert_path.exists() and not renew:
+        current = KeyPair(key_path.read_bytes(), cert_path.read_bytes())
+        expires = current.cert.not_valid_after_utc
+        if _sans(current.cert) == wanted and expires - _now() > dt.timedelta(
+            days=RENEW_BEFORE_DAYS
+        ):
+            return current
+    authority = ca(base)
+    ca_key = serialization.load_pem_private_key(authority.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _key()
+    alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+    alt_names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])]))
+        .issuer_name(authority.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=LEAF_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(key_path, _pem(key))
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return KeyPair(key_path.read_bytes(), cert_path.read_bytes())
