@@ -16,12 +16,19 @@ INVENTORY_HELP = "YAML inventory of real servers instead of Vagrant (see docs/in
 
 
 @task(
-    help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP, "only": "comma-separated hosts"}
+    help={
+        "topology": TOPOLOGY_HELP,
+        "inventory": INVENTORY_HELP,
+        "only": "comma-separated hosts",
+        "option": "override topology options for this run, e.g. reencrypt=true",
+    }
 )
-def deploy(c: Context, topology: str = "", inventory: str = "", only: str = "") -> None:
+def deploy(
+    c: Context, topology: str = "", inventory: str = "", only: str = "", option: str = ""
+) -> None:
     """Configure every machine, role by role; prints what changed."""
     try:
-        report = tasks.deploy(topology, inventory, only)
+        report = tasks.deploy(topology, inventory, only, option)
     except tasks.TaskError as exc:
         raise Exit(f"deploy: {exc}", code=2) from None
     if report.failures:
@@ -66,5 +73,23 @@ def firewall_show(c: Context, topology: str = "", inventory: str = "") -> None:
         raise Exit(f"firewall.show: {exc}", code=2) from None
 
 
+@task
+def ca(c: Context) -> None:
+    """Print the path of the testbed CA certificate (to trust it in a browser or curl)."""
+    print(tasks.ca_path())
+
+
+@task(name="renew", help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP})
+def tls_renew(c: Context, topology: str = "", inventory: str = "") -> None:
+    """Issue a new site certificate and reload HAProxy with it (no dropped connection)."""
+    try:
+        report = tasks.tls_renew(topology, inventory)
+    except tasks.TaskError as exc:
+        raise Exit(f"tls.renew: {exc}", code=2) from None
+    if report.failures:
+        raise Exit(code=1)
+
+
 firewall = Collection("firewall", firewall_show)
-ns = Collection(deploy, status, endpoints, destroy, firewall)
+tls = Collection("tls", tls_renew)
+ns = Collection(deploy, status, endpoints, destroy, ca, firewall, tls)

@@ -28,9 +28,9 @@ class TaskError(RuntimeError):
     pass
 
 
-def load(topology_name: str | None) -> topology.Topology:
+def load(topology_name: str | None, options: str = "") -> topology.Topology:
     try:
-        return topology.load(topology_name or None)
+        return topology.load(topology_name or None, topology.parse_option_overrides(options))
     except topology.TopologyError as exc:
         raise TaskError(str(exc)) from None
 
@@ -42,8 +42,10 @@ def endpoints(topo: topology.Topology, inventory_file: str | None) -> dict[str, 
         raise TaskError(str(exc)) from None
 
 
-def deploy(topology_name: str | None, inventory_file: str | None, only: str) -> engine.Report:
-    topo = load(topology_name)
+def deploy(
+    topology_name: str | None, inventory_file: str | None, only: str, options: str = ""
+) -> engine.Report:
+    topo = load(topology_name, options)
     only_hosts = [h for h in only.split(",") if h]
     unknown = [h for h in only_hosts if h not in topo.hosts]
     if unknown:
@@ -216,3 +218,28 @@ def firewall_show(topology_name: str | None, inventory_file: str | None) -> None
             print("    (nothing accepted)")
         for port, sources in sorted(by_port.items(), key=lambda kv: int(kv[0].split("/")[0])):
             print(f"    {port:<9} <- {', '.join(sources)}")
+
+
+def ca_path() -> str:
+    from provision import secrets
+
+    return str(secrets.ca_cert_path())
+
+
+def tls_renew(topology_name: str | None, inventory_file: str | None) -> engine.Report:
+    """Issue a new site certificate and install it on the load balancers (HAProxy reload)."""
+    from provision.roles import lb
+
+    topo = load(topology_name)
+    old = lb.site_certificate(topo).cert.serial_number
+    new = lb.site_certificate(topo, renew=True).cert
+    print(
+        f"Issued a new certificate for {topo.site.name}: serial {old:x} -> {new.serial_number:x}, "
+        f"valid until {new.not_valid_after_utc:%Y-%m-%d}.",
+        flush=True,
+    )
+    eps = endpoints(topo, inventory_file)
+    lbs = [h.name for h in topo.with_role("lb")]
+    report = engine.deploy(topo, eps, [lb.ROLE], only_hosts=lbs)
+    print(engine.summary(report), flush=True)
+    return report

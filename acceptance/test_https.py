@@ -1,0 +1,191 @@
+"""The site is served only over strong TLS, from the testbed CA, through the load balancer."""
+
+from __future__ import annotations
+
+import shlex
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import testinfra
+
+from acceptance.conftest import TOPOLOGY
+from acceptance.site import (
+    HTTPS_PORT,
+    LB,
+    SITE,
+    context,
+    plain_request,
+    request,
+    tls_socket,
+)
+from provision import PROJECT_ROOT, secrets
+
+
+@pytest.mark.parametrize("name", TOPOLOGY.site.names)
+def test_the_chain_verifies_against_the_testbed_ca_for_each_site_name(name: str) -> None:
+    with tls_socket(name=name) as sock:
+        cert = sock.getpeercert()
+    issuer = dict(x[0] for x in cert["issuer"])
+    assert issuer["commonName"] == "webinfra-testbed CA"
+
+
+def test_the_certificate_is_not_trusted_without_the_testbed_ca() -> None:
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_socket(ssl.create_default_context()).close()
+
+
+def test_a_name_the_certificate_does_not_carry_fails_verification() -> None:
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_socket(name="www.example.org").close()
+
+
+def _legacy(version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = context()
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer the old protocol
+    ctx.minimum_version = version
+    ctx.maximum_version = version
+    return ctx
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["TLSv1.0", "TLSv1.1"]
+)
+def test_tls_1_0_and_1_1_are_refused_by_the_server(version: ssl.TLSVersion) -> None:
+    with pytest.raises(ssl.SSLError) as refused:
+        tls_socket(_legacy(version)).close()
+    # The server's alert, not a client-side refusal to offer the protocol.
+    assert "TLSV1_ALERT_PROTOCOL_VERSION" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "version,name",
+    [(ssl.TLSVersion.TLSv1_2, "TLSv1.2"), (ssl.TLSVersion.TLSv1_3, "TLSv1.3")],
+    ids=["TLSv1.2", "TLSv1.3"],
+)
+def test_tls_1_2_and_1_3_are_accepted(version: ssl.TLSVersion, name: str) -> None:
+    ctx = context(minimum_version=version, maximum_version=version)
+    with tls_socket(ctx) as sock:
+        assert sock.version() == name
+
+
+@pytest.mark.parametrize(
+    "cipher", ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-GCM-SHA256"]
+)
+def test_a_weak_or_non_forward_secret_cipher_is_refused(cipher: str) -> None:
+    ctx = context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    ctx.set_ciphers(cipher)
+    with pytest.raises(ssl.SSLError, match="SSLV3_ALERT_HANDSHAKE_FAILURE"):
+        tls_socket(ctx).close()
+
+
+def test_a_strong_tls_1_2_cipher_is_accepted() -> None:
+    ctx = context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+    with tls_socket(ctx) as sock:
+        assert sock.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+
+
+def test_hsts_is_sent_for_two_years() -> None:
+    assert request("GET", "/").header("strict-transport-security") == "max-age=63072000"
+
+
+PATHS = ["/", "/api/notes?limit=5", "/does/not/exist", "/a%20b?q=%22x%22"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_http_answers_exactly_301_to_the_same_path_over_https(path: str) -> None:
+    reply = plain_request(path, host=f"{SITE}:{LB.forward[80]}")
+    assert reply.status == 301
+    assert reply.header("location") == f"https://{SITE}:{HTTPS_PORT}{path}"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_http_on_the_public_network_redirects_to_the_site(
+    machines: dict[str, testinfra.host.Host], path: str
+) -> None:
+    out = machines["client"].check_output(
+        f"curl -s -o /dev/null -w '%{{http_code}} %{{redirect_url}}' "
+        f"http://{SITE}{shlex.quote(path)}"
+    )
+    assert out == f"301 https://{SITE}{path}"
+
+
+def test_http_with_a_foreign_host_is_sent_to_the_site_not_to_that_host() -> None:
+    reply = plain_request("/x", host="evil.example")
+    assert reply.status == 301
+    assert reply.header("location") == f"https://{SITE}/x"
+
+
+def test_twenty_requests_alternate_between_the_web_servers() -> None:
+    served = [request("GET", "/health").header("x-served-by") for _ in range(20)]
+    webs = sorted(h.name for h in TOPOLOGY.with_role("web"))
+    assert sorted(set(served)) == webs
+    assert all(a != b for a, b in zip(served, served[1:], strict=False)), served
+
+
+def test_the_client_reaches_the_site_over_the_public_network_with_the_ca(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    client = machines["client"]
+    pem = secrets.ca().cert_pem.decode()
+    client.check_output(f"printf %s {shlex.quote(pem)} > /tmp/testbed-ca.crt")
+    out = client.check_output(f"curl -s --cacert /tmp/testbed-ca.crt https://{SITE}/")
+    assert "Served by" in out
+
+
+def _hammer(stop: threading.Event, failures: list[str], count: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            status = request("GET", "/health").status
+            if status != 200:
+                failures.append(str(status))
+        except Exception as exc:  # a dropped connection is exactly what must not happen
+            failures.append(repr(exc))
+        count[0] += 1
+
+
+def _serial() -> int:
+    with tls_socket() as sock:
+        der = sock.getpeercert(binary_form=True)
+    from cryptography import x509
+
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def test_renewing_the_certificate_drops_no_request(run_fab: Callable[..., str]) -> None:
+    before = _serial()
+    stop, failures, count = threading.Event(), [], [0]
+    worker = threading.Thread(target=_hammer, args=(stop, failures, count))
+    worker.start()
+    try:
+        time.sleep(1)
+        run_fab("tls.renew")
+        time.sleep(2)
+    finally:
+        stop.set()
+        worker.join()
+    assert _serial() != before
+    assert count[0] > 10
+    assert failures == []
+
+
+@pytest.fixture
+def run_fab() -> Callable[..., str]:
+    def run(*args: str) -> str:
+        res = subprocess.run(
+            [sys.executable, "-m", "fabric", *args],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+        return res.stdout
+
+    return run
