@@ -1,0 +1,95 @@
+"""The seed design's named weakness, shown on the wire: TLS ends at the load balancer, so
+backend traffic is clear text; with re-encryption on, it is not.
+
+Disruptive: it redeploys with `--option reencrypt=true` and back, so it runs last.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import testinfra
+
+from acceptance.conftest import TOPOLOGY
+from acceptance.site import request
+from provision import PROJECT_ROOT
+
+WEB = "web1"
+
+
+def _fab_deploy(*args: str) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "fabric", "deploy", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+
+
+def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
+    """Capture the web server's backend port while requests carrying `marker` pass."""
+    machine.check_output(
+        "command -v tcpdump >/dev/null || DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -y -q --no-install-recommends tcpdump >/dev/null"
+    )
+    machine.run("systemctl stop testbed-capture 2>/dev/null; rm -f /tmp/testbed-capture.txt")
+    machine.check_output(
+        "systemd-run --unit=testbed-capture --collect sh -c "
+        f"'timeout 6 tcpdump -i any -nn -l -A -s 0 tcp port {port} "
+        "> /tmp/testbed-capture.txt 2>/dev/null'"
+    )
+    time.sleep(1.5)
+    served = []
+    for _ in range(6):  # round-robin: half of them reach WEB
+        reply = request(
+            "POST",
+            "/api/notes",
+            f'{{"text": "{marker}"}}',
+            {"Content-Type": "application/json", "X-Marker": marker},
+        )
+        assert reply.status == 201
+        served.append(reply.header("x-served-by"))
+    assert WEB in served
+    for _ in range(20):
+        if machine.run("systemctl is-active testbed-capture").stdout.strip() != "active":
+            break
+        time.sleep(0.5)
+    return machine.check_output("cat /tmp/testbed-capture.txt")
+
+
+@pytest.fixture
+def reencrypted() -> Iterator[None]:
+    _fab_deploy("--option", "reencrypt=true")
+    try:
+        yield
+    finally:
+        _fab_deploy()
+
+
+@pytest.mark.disruptive
+def test_backend_traffic_is_clear_text_without_reencryption(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    assert not TOPOLOGY.option("reencrypt")
+    marker = f"marker-{uuid.uuid4().hex}"
+    captured = _capture(machines[WEB], 80, marker)
+    assert marker in captured
+
+
+@pytest.mark.disruptive
+@pytest.mark.usefixtures("reencrypted")
+def test_backend_traffic_is_encrypted_with_reencryption_on(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    marker = f"marker-{uuid.uuid4().hex}"
+    captured = _capture(machines[WEB], 443, marker)
+    lb = TOPOLOGY.with_role("lb")[0]
+    assert f"{lb.addresses['private']}." in captured, "no backend traffic was captured"
+    assert marker not in captured
