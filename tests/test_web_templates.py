@@ -1,0 +1,95 @@
+"""Rendering of the web tier's configs from the seed topology (no machine needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provision import secrets, tls, topology
+from provision.engine import File, HostContext
+from provision.roles import app, lb, web
+
+SEED = topology.load("seed")
+FACTS = {"ssh_client": "172.17.0.1", "cpus": "2", "arch": "x86_64", "python": "3.11"}
+
+
+@pytest.fixture(autouse=True)
+def private_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the tests' CA, passwords and wheel out of the real .testbed/ folder."""
+    monkeypatch.setattr(secrets, "SECRETS_DIR", tmp_path / "secrets")
+    wheel = tmp_path / "mysql_connector_python-0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    wheel.write_bytes(b"not really a wheel")
+    monkeypatch.setattr(app, "connector_wheel", lambda arch, python: wheel)
+
+
+def _file(role_steps: list[object], path: str) -> str:
+    step = next(s for s in role_steps if isinstance(s, File) and s.path == path)
+    return step.data.decode()
+
+
+def _haproxy(options: dict[str, object] | None = None) -> str:
+    topo = topology.load("seed", options)
+    return _file(lb.steps(HostContext(topo, topo.hosts["lb1"], FACTS)), lb.CONFIG)
+
+
+def test_haproxy_config_names_its_template_on_the_first_line() -> None:
+    assert _haproxy().splitlines()[0].startswith("# Managed by webinfra-testbed from ")
+
+
+def test_haproxy_uses_the_mozilla_intermediate_ciphers_and_tls_1_2_minimum() -> None:
+    cfg = _haproxy()
+    assert f"ssl-default-bind-ciphers {tls.INTERMEDIATE.cipher_string}" in cfg
+    assert "ssl-min-ver TLSv1.2" in cfg
+    assert 'Strict-Transport-Security "max-age=63072000"' in cfg
+
+
+def test_every_redirect_is_a_301() -> None:
+    redirects = [
+        line for line in _haproxy().splitlines() if "redirect" in line and "http-request" in line
+    ]
+    assert redirects
+    assert all("code 301" in line for line in redirects)
+
+
+def test_haproxy_balances_every_web_server_on_the_backend_flow_port() -> None:
+    cfg = _haproxy()
+    assert "server web1 192.168.57.21:80 check" in cfg
+    assert "server web2 192.168.57.22:80 check" in cfg
+
+
+def test_reencryption_makes_haproxy_verify_backends_on_443() -> None:
+    cfg = _haproxy({"reencrypt": True})
+    assert "server web1 192.168.57.21:443 check sni str(web1) verifyhost web1" in cfg
+    assert f"ssl verify required ca-file {lb.CA}" in cfg
+
+
+def test_stats_listen_on_the_private_address_only() -> None:
+    assert "bind 192.168.57.10:8404" in _haproxy()
+
+
+@pytest.mark.parametrize(
+    "reencrypt,listen",
+    [(False, "192.168.57.21:80 default_server"), (True, "192.168.57.21:443 ssl default_server")],
+)
+def test_nginx_listens_on_the_private_address_and_the_flow_port(
+    reencrypt: bool, listen: str
+) -> None:
+    topo = topology.load("seed", {"reencrypt": reencrypt})
+    site = _file(web.steps(HostContext(topo, topo.hosts["web1"], FACTS)), web.SITE)
+    assert f"listen {listen};" in site
+    assert "client_max_body_size 16k;" in site
+
+
+def test_the_app_config_points_every_app_host_at_the_primary_and_is_private() -> None:
+    for name in ("web1", "web2"):
+        steps = app.steps(HostContext(SEED, SEED.hosts[name], FACTS))
+        config = next(s for s in steps if isinstance(s, File) and s.path == app.CONFIG)
+        assert "host = 192.168.57.21" in config.data.decode()
+        assert config.mode == "0600"
+        assert config.secret
+
+
+@pytest.mark.parametrize("cpus,workers", [("1", 3), ("2", 5), ("16", 8), ("", 3)])
+def test_gunicorn_workers_follow_the_cpus_with_a_cap(cpus: str, workers: int) -> None:
+    assert app.workers(cpus) == workers
