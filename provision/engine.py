@@ -84,14 +84,17 @@ class Remote:
         self.conn.close()
 
     def run(self, command: str, *, check: bool = True, stdin: str | None = None) -> CommandResult:
-        """Run a shell command as root. With check, a non-zero exit raises StepError."""
-        wrapped = command if self._root else f"sudo -n -- sh -c {shlex.quote(command)}"
-        res = self.conn.run(
-            wrapped,
-            hide=True,
-            warn=True,
-            in_stream=io.StringIO(stdin) if stdin is not None else False,
-        )
+        """Run a shell command as root. With check, a non-zero exit raises StepError.
+
+        `stdin` travels as a private temporary file (mode 0600), never in the command line,
+        so secrets in it do not show in `ps`; it is removed after the command.
+        """
+        script = command
+        if stdin is not None:
+            tmp = shlex.quote(self.put_bytes(stdin.encode()))
+            script = f"( {command} ) < {tmp}; rc=$?; rm -f {tmp}; exit $rc"
+        wrapped = script if self._root else f"sudo -n -- sh -c {shlex.quote(script)}"
+        res = self.conn.run(wrapped, hide=True, warn=True, in_stream=False)
         result = CommandResult(res.exited, res.stdout, res.stderr)
         if check and not result.ok:
             raise StepError(_failure_text(command, result))
@@ -307,6 +310,17 @@ class Service(Step):
         return Outcome(bool(done), ", ".join(done))
 
 
+class FlushHandlers(Step):
+    """Run the handlers notified so far now, not at the end of the role (for example:
+    restart a database with its new config before later steps use it)."""
+
+    name = "Run the pending handlers."
+    notify = ()
+
+    def apply(self, remote: Remote) -> Outcome:  # handled by the engine
+        return OK
+
+
 @dataclass
 class Handler:
     """What a notified name does: run once per role, after its steps, if notified."""
@@ -360,7 +374,10 @@ class HostContext:
     topology: Topology
     host: Host
     facts: Mapping[str, str] = field(default_factory=dict)
-    """Read from the machine at connect time (see Remote.facts)."""
+    """Read from the machine at connect time (see Remote.facts), plus cluster facts
+    (`db_primary`) the deploy discovered before it started."""
+    peer: Callable[[str], Remote] | None = None
+    """Opens a connection to another host, for steps that move data between hosts."""
 
 
 @dataclass(frozen=True)
@@ -427,6 +444,27 @@ class Printer:
         self.line(f"  {host:<10} {status:<8} {name}{extra}{took}")
 
 
+def _run_handlers(
+    remote: Remote, role: Role, notified: list[str], host: str, report: Report, printer: Printer
+) -> bool:
+    """Run the notified handlers of `role` once each; False if one failed."""
+    for handler in role.handlers:
+        if handler.key not in notified:
+            continue
+        started = time.monotonic()
+        try:
+            remote.run(handler.command)
+        except Exception as exc:
+            printer.step(host, "FAILED", handler.name, str(exc))
+            report.failures.append(Failure(host, role.name, handler.name, str(exc)))
+            return False
+        took = time.monotonic() - started
+        report.records.append(StepRecord(host, role.name, handler.name, True, "", took))
+        printer.step(host, "changed", handler.name, "", took)
+    notified.clear()
+    return True
+
+
 def _run_host(
     remote: Remote, roles: Sequence[Role], ctx: HostContext, report: Report, printer: Printer
 ) -> None:
@@ -434,6 +472,10 @@ def _run_host(
     for role in roles:
         notified: list[str] = []
         for step in role.steps(ctx):
+            if isinstance(step, FlushHandlers):
+                if not _run_handlers(remote, role, notified, host, report, printer):
+                    return
+                continue
             started = time.monotonic()
             try:
                 outcome = step.apply(remote)
@@ -450,19 +492,8 @@ def _run_host(
             )
             if outcome.changed:
                 notified += [n for n in step.notify if n not in notified]
-        for handler in role.handlers:
-            if handler.key not in notified:
-                continue
-            started = time.monotonic()
-            try:
-                remote.run(handler.command)
-            except Exception as exc:
-                printer.step(host, "FAILED", handler.name, str(exc))
-                report.failures.append(Failure(host, role.name, handler.name, str(exc)))
-                return
-            took = time.monotonic() - started
-            report.records.append(StepRecord(host, role.name, handler.name, True, "", took))
-            printer.step(host, "changed", handler.name, "", took)
+        if not _run_handlers(remote, role, notified, host, report, printer):
+            return
 
 
 def deploy(
@@ -471,6 +502,7 @@ def deploy(
     roles: Iterable[Role],
     *,
     only_hosts: Sequence[str] = (),
+    shared_facts: Mapping[str, str] | None = None,
     printer: Printer | None = None,
     record: Path | None = STATE_DIR / "last-deploy.json",
 ) -> Report:
@@ -503,6 +535,7 @@ def deploy(
                             topology,
                             report,
                             printer,
+                            dict(shared_facts or {}),
                         )
                     )
                 for f in futures:
@@ -527,6 +560,7 @@ def _host_worker(
     topology: Topology,
     report: Report,
     printer: Printer,
+    shared_facts: dict[str, str],
 ) -> None:
     remote = remotes.get(host.name)
     if remote is None:
@@ -549,7 +583,14 @@ def _host_worker(
         printer.step(host.name, "FAILED", "Read the machine's facts.", str(exc))
         report.failures.append(Failure(host.name, "facts", "Read the machine's facts.", str(exc)))
         return
-    _run_host(remote, roles, HostContext(topology, host, facts), report, printer)
+
+    def peer(name: str) -> Remote:
+        other = Remote(topology.hosts[name], endpoints[name])
+        other.connect()
+        return other
+
+    ctx = HostContext(topology, host, {**facts, **shared_facts}, peer)
+    _run_host(remote, roles, ctx, report, printer)
 
 
 def summary(report: Report) -> str:

@@ -8,7 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from provision import PROJECT_ROOT, STATE_DIR, engine, inventory, topology
+from provision import PROJECT_ROOT, STATE_DIR, dbcluster, engine, inventory, topology
 from provision.roles import ALL_ROLES
 
 SERVICES_BY_ROLE: dict[str, tuple[str, ...]] = {
@@ -56,7 +56,10 @@ def deploy(
         f"{len(only_hosts) or len(topo.hosts)} hosts.",
         flush=True,
     )
-    report = engine.deploy(topo, eps, ALL_ROLES, only_hosts=only_hosts)
+    primary = db_primary(topo, eps)
+    report = engine.deploy(
+        topo, eps, ALL_ROLES, only_hosts=only_hosts, shared_facts={"db_primary": primary}
+    )
     print(engine.summary(report), flush=True)
     return report
 
@@ -243,3 +246,35 @@ def tls_renew(topology_name: str | None, inventory_file: str | None) -> engine.R
     report = engine.deploy(topo, eps, [lb.ROLE], only_hosts=lbs)
     print(engine.summary(report), flush=True)
     return report
+
+
+def db_states(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint]
+) -> dict[str, dbcluster.NodeState]:
+    """Each db host's replication state, read in parallel (DOWN where unreachable)."""
+
+    def one(host: topology.Host) -> dbcluster.NodeState:
+        try:
+            remote = engine.Remote(host, eps[host.name])
+            remote.connect()
+        except Exception as exc:
+            return dbcluster.NodeState(host.name, False, f"SSH: {type(exc).__name__}: {exc}")
+        try:
+            return dbcluster.read_state(host, remote)
+        finally:
+            remote.close()
+
+    hosts = topo.in_tier("db")
+    with ThreadPoolExecutor(max_workers=max(len(hosts), 1)) as pool:
+        return {s.name: s for s in pool.map(one, hosts)}
+
+
+def db_primary(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> str:
+    try:
+        primary = dbcluster.discover_primary(topo, db_states(topo, eps))
+    except engine.StepError as exc:
+        raise TaskError(str(exc)) from None
+    default = topo.with_role("db-primary")[0].name
+    if primary != default:
+        print(f"Database primary is {primary} (the topology starts it on {default}).", flush=True)
+    return primary

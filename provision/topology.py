@@ -39,8 +39,13 @@ ROLES: dict[str, str] = {
 }
 """Every role a host may carry, mapped to the tier it is deployed in."""
 
-TIER_ORDER: tuple[str, ...] = ("common", "db", "app", "web", "lb", "monitor")
-"""Deploy order: every host gets `common` first, then each tier in turn."""
+TIER_ORDER: tuple[str, ...] = ("common", "db", "replication", "app", "web", "lb", "monitor")
+"""Deploy order: every host gets `common` first, then each tier in turn. `replication`
+runs on the db hosts once every one of them is configured (a replica is seeded from a
+primary that is already set up)."""
+
+TIER_HOSTS = {"replication": "db"}
+"""Tiers that run on the hosts of another tier."""
 
 PROTOCOLS = ("tcp", "udp")
 ANY = "any"
@@ -148,6 +153,7 @@ class Topology:
     def in_tier(self, tier: str) -> list[Host]:
         if tier == "common":
             return list(self)
+        tier = TIER_HOSTS.get(tier, tier)
         return [h for h in self if tier in h.tiers]
 
     def shared_networks(self, a: Host, b: Host) -> list[str]:

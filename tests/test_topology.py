@@ -435,7 +435,7 @@ MALFORMED = [
     ),
     pytest.param(
         setting("hosts.monitor.roles", ["client"]),
-        "flows[7].to",
+        "flows[10].to",
         "no host carries role 'monitor'",
         id="flow-to-role-no-host-carries",
     ),

@@ -81,11 +81,14 @@ def test_nginx_listens_on_the_private_address_and_the_flow_port(
     assert "client_max_body_size 16k;" in site
 
 
-def test_the_app_config_points_every_app_host_at_the_primary_and_is_private() -> None:
+def test_the_app_reaches_the_database_through_its_local_writer_endpoint() -> None:
     for name in ("web1", "web2"):
         steps = app.steps(HostContext(SEED, SEED.hosts[name], FACTS))
         config = next(s for s in steps if isinstance(s, File) and s.path == app.CONFIG)
-        assert "host = 192.168.57.21" in config.data.decode()
+        assert "host = 127.0.0.1\nport = 3307\n" in config.data.decode()
+        writer = next(s for s in steps if isinstance(s, File) and s.path == app.WRITER_CONFIG)
+        assert "server web1 192.168.57.21:3306 check" in writer.data.decode()
+        assert "server web2 192.168.57.22:3306 check" in writer.data.decode()
         assert config.mode == "0600"
         assert config.secret
 

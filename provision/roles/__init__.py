@@ -9,5 +9,13 @@ from __future__ import annotations
 from provision.engine import Role
 from provision.roles import app, common, db, firewall, lb, web
 
-ALL_ROLES: tuple[Role, ...] = (common.ROLE, firewall.ROLE, db.ROLE, app.ROLE, web.ROLE, lb.ROLE)
+ALL_ROLES: tuple[Role, ...] = (
+    common.ROLE,
+    firewall.ROLE,
+    db.ROLE,
+    db.REPLICATION,
+    app.ROLE,
+    web.ROLE,
+    lb.ROLE,
+)
 """Every role the deploy runs, each tagged with the tier it belongs to."""

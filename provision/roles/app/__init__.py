@@ -16,6 +16,7 @@ from provision import PROJECT_ROOT, STATE_DIR, secrets
 from provision.engine import (
     Command,
     File,
+    Handler,
     HostContext,
     Packages,
     Role,
@@ -33,6 +34,8 @@ CONFIG = "/etc/testbed-app/app.ini"
 UNIT = "testbed-app"
 LISTEN = "127.0.0.1:8000"
 CONNECTOR = "mysql-connector-python"
+WRITER_LISTEN = "127.0.0.1:3307"
+WRITER_CONFIG = "/etc/haproxy/db-writer.cfg"
 APP_DIR = PROJECT_ROOT / "app" / "testbed_app"
 
 
@@ -69,7 +72,7 @@ def workers(cpus: str) -> int:
 
 
 def steps(ctx: HostContext) -> list[Step]:
-    topo, host = ctx.topology, ctx.host
+    topo = ctx.topology
     wheel = connector_wheel(ctx.facts.get("arch", "x86_64"), ctx.facts.get("python", "3.11"))
     code = [
         File(
@@ -104,12 +107,36 @@ def steps(ctx: HostContext) -> list[Step]:
             notify=["restart testbed-app"],
         ),
         *code,
+        Packages(("haproxy",), name="Ensure HAProxy is installed (the database writer endpoint)."),
+        File(
+            WRITER_CONFIG,
+            render(
+                "app",
+                "db-writer.cfg.j2",
+                listen=WRITER_LISTEN,
+                check_port=db.DBCHECK_PORT,
+                inter="1s",
+                fall=1,
+                nodes=[(d.name, db.private_address(topo, d)) for d in db.db_hosts(topo)],
+            ),
+            validate="haproxy -c -q -f {path}",
+            notify=["reload db-writer"],
+            name="Ensure the writer endpoint knows every database node.",
+        ),
+        File(
+            "/etc/systemd/system/db-writer.service",
+            render("app", "db-writer.service.j2", listen=WRITER_LISTEN, config=WRITER_CONFIG),
+            notify=["restart db-writer"],
+            name="Ensure the writer endpoint's unit is up to date.",
+        ),
+        Service("db-writer", name="Ensure the writer endpoint is running."),
         File(
             CONFIG,
             render(
                 "app",
                 "app.ini.j2",
-                db_host=db.endpoint(topo, host),
+                db_host=WRITER_LISTEN.split(":")[0],
+                db_port=WRITER_LISTEN.split(":")[1],
                 db_user=db.APP_USER,
                 db_password=secrets.password("db-app"),
                 db_name=db.DATABASE,
@@ -139,4 +166,13 @@ def steps(ctx: HostContext) -> list[Step]:
     ]
 
 
-ROLE = Role("app", "app", steps, handlers=[restart_handler(UNIT)])
+ROLE = Role(
+    "app",
+    "app",
+    steps,
+    handlers=[
+        restart_handler("db-writer"),
+        Handler("reload db-writer", "Reload the writer endpoint.", "systemctl reload db-writer"),
+        restart_handler(UNIT),
+    ],
+)

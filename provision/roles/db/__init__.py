@@ -1,105 +1,258 @@
-"""The `db` role: MariaDB on the db-primary, the app's schema and a least-privilege app user.
+"""The `db` role: MariaDB with GTID and lossless semi-sync replication on every db host.
 
-Until replication lands (issue 4) only the db-primary runs MariaDB and every app host
-writes to it over the private network.
+Tier `db` (all db hosts at once): packages, config, local users with least privilege,
+the writability check (dbcheck) and, on the primary, the schema and write access.
+Tier `replication` (after it): each replica is seeded from the primary once and then
+replicates; a second deploy leaves a running replica alone.
+
+Which host is primary is discovered at deploy time (provision/dbcluster.py): after a
+failover it is no longer the topology's db-primary.
 """
 
 from __future__ import annotations
 
-from provision import PROJECT_ROOT, secrets
+from dataclasses import dataclass, field
+
+from provision import PROJECT_ROOT, dbcluster, secrets
 from provision.engine import (
+    OK,
     Command,
     File,
+    FlushHandlers,
     HostContext,
+    Outcome,
     Packages,
+    Remote,
     Role,
     Service,
     Step,
+    StepError,
     render,
     restart_handler,
 )
 from provision.topology import Host, Topology
 
-DATABASE = "testbed"
+DATABASE = dbcluster.DATABASE
 APP_USER = "app"
-APP_GRANTS = "SELECT, INSERT"
-"""All the app needs: it adds and reads notes; DDL is the deploy's job, as root."""
 CONFIG = "/etc/mysql/mariadb.conf.d/60-webinfra-testbed.cnf"
+DBCHECK = "/usr/local/lib/webinfra-testbed/dbcheck.py"
+DBCHECK_PORT = 9200
+SEMISYNC_TIMEOUT_MS = 10000
 
 
-def primary(topology: Topology) -> Host:
-    return topology.with_role("db-primary")[0]
+def primary_name(ctx: HostContext) -> str:
+    return ctx.facts.get("db_primary") or ctx.topology.with_role("db-primary")[0].name
 
 
-def endpoint(topology: Topology, app_host: Host) -> str:
-    """The address an app host uses for the database (the primary, on a shared network)."""
-    return str(topology.address_for(app_host, primary(topology)))
+def db_hosts(topology: Topology) -> list[Host]:
+    return topology.in_tier("db")
 
 
-def app_clients(topology: Topology) -> list[tuple[str, str]]:
+def private_address(topology: Topology, host: Host) -> str:
+    """Where a db host listens: its address on the network the app hosts reach it by."""
+    apps = topology.with_role("app")
+    return str(topology.address_for(apps[0], host)) if apps else str(host.primary_address)
+
+
+def app_clients(topology: Topology, db: Host) -> list[tuple[str, str]]:
     """(app host, the address it connects from): the app user may connect from these only."""
-    db = primary(topology)
     return [(h.name, str(topology.address_for(db, h))) for h in topology.with_role("app")]
 
 
-def _user_sql(source: str, password: str) -> str:
-    user = f"'{APP_USER}'@'{source}'"
-    return (
-        f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY '{password}';\n"
-        f"ALTER USER {user} IDENTIFIED BY '{password}';\n"
-        f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user};\n"
-        f"GRANT {APP_GRANTS} ON {DATABASE}.notes TO {user};\n"
-    )
+@dataclass(frozen=True)
+class DbUser:
+    user: str
+    host: str
+    password: str | None
+    """None: authenticated by the unix socket (same name as a system user)."""
+    global_privs: tuple[str, ...] = ()
+    schema_privs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    why: str = ""
 
+    @property
+    def account(self) -> str:
+        return f"'{self.user}'@'{self.host}'"
 
-def _user_check(source: str, password: str) -> str:
-    # Prints 1 only when the user exists with this password and exactly these grants.
-    return (
-        "SELECT COUNT(*) FROM mysql.user u JOIN mysql.tables_priv t "
-        "ON t.User = u.User AND t.Host = u.Host "
-        f"WHERE u.User = '{APP_USER}' AND u.Host = '{source}' "
-        f"AND u.authentication_string = PASSWORD('{password}') "
-        f"AND t.Db = '{DATABASE}' AND t.Table_name = 'notes' "
-        "AND t.Table_priv = 'Select,Insert' "
-        "AND (SELECT COUNT(*) FROM mysql.db "
-        f"WHERE User = '{APP_USER}' AND Host = '{source}') = 0;\n"
-    )
+    def create_sql(self) -> str:
+        auth = f"IDENTIFIED BY '{self.password}'" if self.password else "IDENTIFIED VIA unix_socket"
+        lines = [
+            "SET SESSION sql_log_bin = 0;",  # users are each node's own, never replicated
+            f"CREATE USER IF NOT EXISTS {self.account} {auth};",
+            f"ALTER USER {self.account} {auth};",
+            f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {self.account};",
+        ]
+        if self.global_privs:
+            lines.append(f"GRANT {', '.join(self.global_privs)} ON *.* TO {self.account};")
+        for schema, privs in self.schema_privs.items():
+            lines.append(f"GRANT {', '.join(privs)} ON `{schema}`.* TO {self.account};")
+        return "\n".join(lines) + "\n"
 
-
-def steps(ctx: HostContext) -> list[Step]:
-    if not ctx.host.has_role("db-primary"):
-        return []
-    topo, host = ctx.topology, ctx.host
-    password = secrets.password("db-app")
-    schema = (PROJECT_ROOT / "app" / "schema.sql").read_text()
-    listen = [str(a) for n, a in host.addresses.items() if n != "public"]
-    result: list[Step] = [
-        Packages(("mariadb-server",), name="Ensure MariaDB is installed."),
-        File(
-            CONFIG,
-            render("db", "server.cnf.j2", host=host, bind_address=",".join(listen)),
-            notify=["restart mariadb"],
-            name="Ensure MariaDB listens on the private network only.",
-        ),
-        Service("mariadb", name="Ensure MariaDB is enabled and running."),
-        Command(
-            f"Ensure the {DATABASE} database and its schema exist.",
-            check=f"mariadb -N -B -e \"SHOW TABLES FROM {DATABASE} LIKE 'notes'\" | grep -qx notes",
-            run=f"mariadb -e 'CREATE DATABASE IF NOT EXISTS {DATABASE}' && mariadb {DATABASE}",
-            run_stdin=schema,
-        ),
-    ]
-    for name, source in app_clients(topo):
-        result.append(
-            Command(
-                f"Ensure the app user may connect from {name} ({source}) with {APP_GRANTS} only.",
-                check='[ "$(mariadb -N -B)" = 1 ]',
-                check_stdin=_user_check(source, password),
-                run="mariadb",
-                run_stdin=_user_sql(source, password),
-            )
+    def check_sql(self) -> str:
+        grantee = f'"{self.account}"'
+        auth = (
+            f"authentication_string = PASSWORD('{self.password}')"
+            if self.password
+            else "JSON_VALUE(Priv, '$.plugin') = 'unix_socket'"
         )
+        return (
+            "SELECT CONCAT_WS('|', "
+            f"(SELECT {auth} FROM mysql.global_priv g JOIN mysql.user u USING (User, Host) "
+            f"WHERE User = '{self.user}' AND Host = '{self.host}'), "
+            "(SELECT GROUP_CONCAT(PRIVILEGE_TYPE ORDER BY PRIVILEGE_TYPE) "
+            f"FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = {grantee}), "
+            "IFNULL((SELECT GROUP_CONCAT(CONCAT(TABLE_SCHEMA, ':', PRIVILEGE_TYPE) "
+            "ORDER BY TABLE_SCHEMA, PRIVILEGE_TYPE) "
+            f"FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = {grantee}), ''));\n"
+        )
+
+    def expected(self) -> str:
+        glob = ",".join(sorted(self.global_privs)) or "USAGE"
+        schemas = ",".join(
+            f"{schema}:{p}" for schema in sorted(self.schema_privs)
+            for p in sorted(self.schema_privs[schema])
+        )  # fmt: skip
+        return f"1|{glob}|{schemas}"
+
+
+def users(topology: Topology, host: Host) -> list[DbUser]:
+    app_pw = secrets.password("db-app")
+    result = [
+        DbUser(APP_USER, source, app_pw, schema_privs={DATABASE: ("INSERT", "SELECT")},
+               why=f"the app on {name}")
+        for name, source in app_clients(topology, host)
+    ]  # fmt: skip
+    result += [
+        DbUser(dbcluster.REPL_USER, private_address(topology, peer), dbcluster.repl_password(),
+               global_privs=("REPLICATION SLAVE",), why=f"replication to {peer.name}")
+        for peer in db_hosts(topology)
+        if peer.name != host.name
+    ]  # fmt: skip
+    result += [
+        DbUser("monitor", "localhost", secrets.password("db-monitor"),
+               global_privs=("BINLOG MONITOR", "PROCESS", "SLAVE MONITOR"),
+               schema_privs={"performance_schema": ("SELECT",)}, why="the mysqld exporter"),
+        DbUser("dbcheck", "localhost", None, why="the writability check"),
+    ]  # fmt: skip
     return result
 
 
-ROLE = Role("db", "db", steps, handlers=[restart_handler("mariadb")])
+def steps(ctx: HostContext) -> list[Step]:
+    topo, host = ctx.topology, ctx.host
+    listen = private_address(topo, host)
+    result: list[Step] = [
+        Packages(("mariadb-server", "mariadb-client"), name="Ensure MariaDB is installed."),
+        File(
+            CONFIG,
+            render(
+                "db",
+                "server.cnf.j2",
+                bind_address=listen,
+                server_id=host.index + 1,
+                semisync_timeout_ms=SEMISYNC_TIMEOUT_MS,
+            ),
+            notify=["restart mariadb"],
+            name="Ensure MariaDB is configured for GTID and semi-sync replication.",
+        ),
+        Service("mariadb", name="Ensure MariaDB is enabled and running."),
+        FlushHandlers(),  # a new config must be live before the steps below rely on it
+    ]
+    for user in users(topo, host):
+        result.append(
+            Command(
+                f"Ensure MariaDB user {user.account} ({user.why}) has exactly its privileges.",
+                check=f'[ "$(mariadb -N -B)" = "{user.expected()}" ]',
+                check_stdin=user.check_sql(),
+                run="mariadb",
+                run_stdin=user.create_sql(),
+            )
+        )
+    result += [
+        Command(
+            "Ensure the dbcheck system user exists.",
+            check="id -u dbcheck >/dev/null 2>&1",
+            run="useradd --system --no-create-home --shell /usr/sbin/nologin dbcheck",
+        ),
+        File(
+            DBCHECK,
+            (PROJECT_ROOT / "provision" / "roles" / "db" / "files" / "dbcheck.py").read_text(),
+            mode="0755",
+            notify=["restart dbcheck"],
+            name="Ensure the writability check is installed.",
+        ),
+        File(
+            "/etc/systemd/system/dbcheck.service",
+            render("db", "dbcheck.service.j2", script=DBCHECK, listen=listen, port=DBCHECK_PORT),
+            notify=["restart dbcheck"],
+            name="Ensure the writability check's unit is up to date.",
+        ),
+        Service("dbcheck", name="Ensure the writability check is running."),
+    ]
+    if host.name == primary_name(ctx):
+        schema = (PROJECT_ROOT / "app" / "schema.sql").read_text()
+        result += [
+            Command(
+                f"Ensure the {DATABASE} database and its schema exist (on the primary).",
+                check=f"mariadb -N -B -e \"SHOW TABLES FROM {DATABASE} LIKE 'notes'\" "
+                "| grep -qx notes",
+                run=f"mariadb -e 'CREATE DATABASE IF NOT EXISTS {DATABASE}' && mariadb {DATABASE}",
+                run_stdin=schema,
+            ),
+            Command(
+                "Ensure the primary accepts writes (read_only off).",
+                check="[ \"$(mariadb -N -B -e 'SELECT @@read_only')\" = 0 ]",
+                run="if mariadb -e 'SHOW SLAVE STATUS' | grep -q .; then "
+                "echo 'this node replicates from another: refusing to make it writable' >&2; "
+                "exit 1; fi; mariadb -e 'SET GLOBAL read_only = OFF'",
+            ),
+        ]
+    return result
+
+
+@dataclass
+class Replicates(Step):
+    """This replica replicates from the primary; seeded from it once if it does not."""
+
+    ctx: HostContext
+    primary: str
+    name: str = ""
+    notify: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.name = f"Ensure this replica replicates from {self.primary} (GTID, semi-sync)."
+
+    def apply(self, remote: Remote) -> Outcome:
+        topo = self.ctx.topology
+        address = private_address(topo, topo.hosts[self.primary])
+        state = dbcluster.read_state(self.ctx.host, remote)
+        if (
+            state.replicating_from == address
+            and state.using_gtid == "Slave_Pos"
+            and state.io_running in ("Yes", "Connecting")
+            and state.sql_running == "Yes"
+            and state.read_only
+        ):
+            return OK
+        if state.replicating_from == address and state.sql_running == "Yes":
+            dbcluster.mysql(remote, "SET GLOBAL read_only = ON; START SLAVE;", check=False)
+            return Outcome(True, "restarted replication threads")
+        if self.ctx.peer is None:
+            raise StepError("no way to reach the primary to seed this replica")
+        primary = self.ctx.peer(self.primary)
+        try:
+            dump, gtid = dbcluster._dump(primary)
+        finally:
+            primary.close()
+        dbcluster.seed_replica(remote, address, dump, gtid)
+        dbcluster.wait_replicating(remote)
+        return Outcome(True, f"seeded from {self.primary} at GTID {gtid}")
+
+
+def replication_steps(ctx: HostContext) -> list[Step]:
+    primary = primary_name(ctx)
+    if ctx.host.name == primary:
+        return []
+    return [Replicates(ctx, primary)]
+
+
+ROLE = Role("db", "db", steps, handlers=[restart_handler("mariadb"), restart_handler("dbcheck")])
+REPLICATION = Role("replication", "replication", replication_steps)

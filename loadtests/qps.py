@@ -1,0 +1,347 @@
+"""Load test for the testbed site (www.foobar.com behind HAProxy on https://127.0.0.1:8443).
+
+Three personas, each making exactly one request per task so that, in fixed-rate mode,
+total requests/s = users x LOAD_RATE:
+
+* Browser (weight 3): GET / and GET /health, checks the page and the health JSON.
+* Reader (weight 5): GET /api/notes?limit=10 and GET /api/notes/<id> of ids it has seen.
+* Writer (weight 2): POST /api/notes with a unique text, checks 201 and the echoed text.
+
+Environment variables:
+
+* TESTBED_CA: CA certificate to trust (default: <repo>/.testbed/secrets/ca.crt). Nothing
+  else is trusted, and the server's certificate must match the target address.
+* LOAD_RATE: fixed rate in requests per second *per user* (constant_throughput); unset
+  means think time between(0.5, 2).
+
+Thresholds (--max-failure-ratio, --max-p95-ms) decide the exit code, see loadtests/README.md.
+The target must be the testbed itself (127.0.0.1, localhost or 192.168.56.0/21): anything
+else is refused before a single request is sent.
+"""
+
+from __future__ import annotations
+
+# Locust first: importing it runs gevent's monkey-patching, which must happen before
+# anything else imports socket or ssl.
+from locust import FastHttpUser, between, constant_throughput, events, task
+
+# isort: split
+
+import ipaddress
+import logging
+import os
+import random
+import re
+import ssl
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import uuid4
+
+from locust.argument_parser import LocustArgumentParser
+from locust.contrib.fasthttp import ResponseContextManager
+from locust.env import Environment
+from locust.exception import StopTest
+from locust.runners import WorkerRunner
+
+log = logging.getLogger("qps")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CA = REPO_ROOT / ".testbed" / "secrets" / "ca.crt"
+DEFAULT_HOST = "https://127.0.0.1:8443"
+
+# Where load may be aimed: this machine, or the testbed's own host-only networks.
+ALLOWED_HOSTNAMES = frozenset({"127.0.0.1", "localhost"})
+ALLOWED_NETWORK = ipaddress.ip_network("192.168.56.0/21")
+
+SERVED_BY = re.compile(r"Served by <b id=server>([^<]+)</b>")
+NOTE_FIELDS = {"id": int, "text": str, "server": str, "created": str}
+
+
+# --- safety -----------------------------------------------------------------------------
+
+
+def target_problem(url: str | None) -> str | None:
+    """Return why `url` must not be load-tested, or None if it is one of the testbed's."""
+    if not url:
+        return "no target host given"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return f"target {url!r} is not an http:// or https:// URL"
+    if parts.username is not None or parts.password is not None:
+        return f"target {url!r} contains credentials"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return f"target {url!r} has an invalid port"
+    hostname = parts.hostname or ""
+    if hostname in ALLOWED_HOSTNAMES:
+        return None
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        address = None
+    if address is not None and address.version == 4 and address in ALLOWED_NETWORK:
+        return None
+    return (
+        f"refusing to aim load at {url!r}: only 127.0.0.1, localhost and the testbed's "
+        f"{ALLOWED_NETWORK} addresses are allowed"
+    )
+
+
+def ca_path() -> Path:
+    return Path(os.environ.get("TESTBED_CA") or DEFAULT_CA)
+
+
+def testbed_ssl_context(*_args: Any, **_kwargs: Any) -> ssl.SSLContext:
+    """SSL context that trusts only the testbed CA, with hostname checking.
+
+    geventhttpclient calls this as factory(cafile=<certifi bundle>); that argument is
+    ignored on purpose so that public CAs are not trusted.
+    """
+    return ssl.create_default_context(cafile=str(ca_path()))
+
+
+def _wait_time() -> Callable[..., float]:
+    raw = os.environ.get("LOAD_RATE", "").strip()
+    if not raw:
+        return between(0.5, 2)
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise SystemExit(f"qps.py: LOAD_RATE={raw!r} is not a number") from None
+    if not 0 < rate < float("inf"):
+        raise SystemExit(f"qps.py: LOAD_RATE={raw!r} must be a positive number")
+    return constant_throughput(rate)
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: LocustArgumentParser, **_kwargs: Any) -> None:
+    parser.add_argument(
+        "--max-failure-ratio",
+        type=float,
+        default=0.01,
+        env_var="LOCUST_MAX_FAILURE_RATIO",
+        help="Exit 1 if failed/total requests is above this (default 0.01).",
+    )
+    parser.add_argument(
+        "--max-p95-ms",
+        type=float,
+        default=1000.0,
+        env_var="LOCUST_MAX_P95_MS",
+        help="Exit 1 if the 95th percentile of all requests is above this, in ms (default 1000).",
+    )
+
+
+@events.init.add_listener
+def _check_target(environment: Environment, **_kwargs: Any) -> None:
+    target = environment.host or DEFAULT_HOST
+    problem = target_problem(target)
+    if problem:
+        raise SystemExit(f"qps.py: {problem}")
+    if urlsplit(target).scheme == "https" and not ca_path().is_file():
+        raise SystemExit(
+            f"qps.py: testbed CA not found at {ca_path()} "
+            "(set TESTBED_CA, or see `fab ca` for its path)"
+        )
+    rate = os.environ.get("LOAD_RATE", "").strip()
+    if rate:
+        log.info("fixed-rate mode: %s requests/s per user (total = users x %s)", rate, rate)
+
+
+@events.quitting.add_listener
+def _enforce_thresholds(environment: Environment, **_kwargs: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        return  # the master judges the whole run
+    options = environment.parsed_options
+    max_failure_ratio = float(getattr(options, "max_failure_ratio", 0.01))
+    max_p95_ms = float(getattr(options, "max_p95_ms", 1000.0))
+    total = environment.stats.total
+
+    if total.num_requests == 0:
+        if options is not None and options.headless:
+            print("qps.py thresholds: FAILED: no requests were made", flush=True)
+            environment.process_exit_code = 1
+        return
+
+    failure_ratio = total.fail_ratio
+    p95_ms = total.get_response_time_percentile(0.95) or 0
+    failed = []
+    if failure_ratio > max_failure_ratio:
+        failed.append(f"failure ratio {failure_ratio:.4f} > max {max_failure_ratio:g}")
+    if p95_ms > max_p95_ms:
+        failed.append(f"p95 {p95_ms:.0f} ms > max {max_p95_ms:g} ms")
+    if failed:
+        print(f"qps.py thresholds: FAILED: {'; '.join(failed)}", flush=True)
+        environment.process_exit_code = 1
+        return
+
+    print(
+        f"qps.py thresholds: OK: failure ratio {failure_ratio:.4f} <= {max_failure_ratio:g}, "
+        f"p95 {p95_ms:.0f} ms <= {max_p95_ms:g} ms ({total.num_requests} requests)",
+        flush=True,
+    )
+    # Failures below the threshold are accepted, so they must not turn into Locust's default
+    # exit code 1; unhandled exceptions in this file still do.
+    if environment.runner is not None and not environment.runner.exceptions:
+        environment.process_exit_code = 0
+
+
+# --- personas -----------------------------------------------------------------------------
+
+
+def _json(response: ResponseContextManager) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _served_by(response: ResponseContextManager, server: str) -> str | None:
+    """Problem if X-Served-By is missing or names another backend than the body does."""
+    header = response.headers.get("X-Served-By")
+    if not header:
+        return "no X-Served-By header"
+    if header != server:
+        return f"X-Served-By {header!r} but the body says {server!r}"
+    return None
+
+
+def _note_problem(note: Any) -> str | None:
+    if not isinstance(note, dict):
+        return f"note is not an object: {note!r:.80}"
+    for field, kind in NOTE_FIELDS.items():
+        if not isinstance(note.get(field), kind):
+            return f"note field {field!r} missing or not {kind.__name__}: {note!r:.120}"
+    return None
+
+
+def _finish(response: ResponseContextManager, problem: str | None) -> None:
+    if problem:
+        response.failure(problem)
+    else:
+        response.success()
+
+
+class TestbedUser(FastHttpUser):
+    """Common settings: testbed target, testbed CA only, no redirects."""
+
+    abstract = True
+    host = DEFAULT_HOST
+    wait_time = _wait_time()
+    insecure = False  # verify the certificate chain *and* that it names the target
+    ssl_context_factory = staticmethod(testbed_ssl_context)
+    max_redirects = 0  # a redirect must not take the load anywhere else
+    network_timeout = 10.0
+    connection_timeout = 5.0
+
+    def __init__(self, environment: Environment) -> None:
+        # Also covers a host typed into the web UI, which bypasses the init check.
+        problem = target_problem(self.host)
+        if problem:
+            raise StopTest(f"qps.py: {problem}")
+        super().__init__(environment)
+
+
+class Browser(TestbedUser):
+    weight = 3
+
+    @task(3)
+    def home(self) -> None:
+        with self.client.get("/", name="/", catch_response=True) as response:
+            match = SERVED_BY.search(response.text or "")
+            problem = None
+            if response.status_code != 200:
+                problem = f"status {response.status_code}"
+            elif not match:
+                problem = "page does not say 'Served by <b id=server>NAME</b>'"
+            else:
+                problem = _served_by(response, match.group(1))
+            _finish(response, problem)
+
+    @task(1)
+    def health(self) -> None:
+        with self.client.get("/health", name="/health", catch_response=True) as response:
+            body = _json(response)
+            problem = None
+            if response.status_code != 200:
+                problem = f"status {response.status_code}"
+            elif not isinstance(body, dict) or body.get("status") != "ok":
+                problem = f"unhealthy: {response.text!r:.120}"
+            elif not isinstance(body.get("server"), str) or not body["server"]:
+                problem = "health has no server"
+            else:
+                problem = _served_by(response, body["server"])
+            _finish(response, problem)
+
+
+class Reader(TestbedUser):
+    weight = 5
+
+    def on_start(self) -> None:
+        self.seen_ids: deque[int] = deque(maxlen=200)
+
+    @task(1)
+    def list_notes(self) -> None:
+        with self.client.get(
+            "/api/notes?limit=10", name="/api/notes?limit=10", catch_response=True
+        ) as response:
+            body = _json(response)
+            problem = None
+            if response.status_code != 200:
+                problem = f"status {response.status_code}"
+            elif not isinstance(body, dict) or not isinstance(body.get("notes"), list):
+                problem = f"no notes list: {response.text!r:.120}"
+            elif len(body["notes"]) > 10:
+                problem = f"limit=10 returned {len(body['notes'])} notes"
+            else:
+                for note in body["notes"]:
+                    problem = _note_problem(note)
+                    if problem:
+                        break
+                    self.seen_ids.append(note["id"])
+            _finish(response, problem)
+
+    @task(3)
+    def get_note(self) -> None:
+        if not self.seen_ids:
+            self.list_notes()  # still one request per task
+            return
+        note_id = random.choice(self.seen_ids)
+        with self.client.get(
+            f"/api/notes/{note_id}", name="/api/notes/[id]", catch_response=True
+        ) as response:
+            body = _json(response)
+            problem = None
+            if response.status_code != 200:
+                problem = f"status {response.status_code} for note {note_id}"
+            else:
+                problem = _note_problem(body)
+                if not problem and body["id"] != note_id:
+                    problem = f"asked for note {note_id}, got {body['id']}"
+            _finish(response, problem)
+
+
+class Writer(TestbedUser):
+    weight = 2
+
+    @task
+    def create_note(self) -> None:
+        # Unique, and not only ASCII: the text must survive JSON, the app and MySQL unchanged.
+        text = f"locust {uuid4().hex} ünïcødé ✓"
+        with self.client.post(
+            "/api/notes", json={"text": text}, name="/api/notes", catch_response=True
+        ) as response:
+            body = _json(response)
+            problem = None
+            if response.status_code != 201:
+                problem = f"status {response.status_code}, expected 201"
+            elif not isinstance(body, dict) or not isinstance(body.get("id"), int):
+                problem = f"no note id: {response.text!r:.120}"
+            elif body.get("text") != text:
+                problem = f"sent {text!r}, got back {body.get('text')!r:.120}"
+            elif not body.get("server"):
+                problem = "created note has no server"
+            _finish(response, problem)
