@@ -90,6 +90,55 @@ def tls_renew(c: Context, topology: str = "", inventory: str = "") -> None:
         raise Exit(code=1)
 
 
+def _db(action: str, topology: str, inventory: str, **kwargs: str) -> None:
+    try:
+        tasks.db_task(action, topology, inventory, **kwargs)
+    except tasks.TaskError as exc:
+        raise Exit(f"db.{action}: {exc}", code=1) from None
+
+
+DB_HELP = {"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP}
+
+
+@task(name="status", help=DB_HELP)
+def db_status(c: Context, topology: str = "", inventory: str = "") -> None:
+    """Show each database node: role, GTID position, threads, lag, semi-sync."""
+    _db("status", topology, inventory)
+
+
+@task(name="switchover", help={**DB_HELP, "target": "replica to promote (default: most advanced)"})
+def db_switchover(c: Context, topology: str = "", inventory: str = "", target: str = "") -> None:
+    """Planned switchover: no acknowledged write lost; prints the write pause."""
+    _db("switchover", topology, inventory, target=target)
+
+
+@task(name="failover", help=DB_HELP)
+def db_failover(c: Context, topology: str = "", inventory: str = "") -> None:
+    """Promote the most advanced replica when the primary is dead or fenced."""
+    _db("failover", topology, inventory)
+
+
+@task(name="rejoin", help={**DB_HELP, "host": "the node to rebuild as a replica"})
+def db_rejoin(c: Context, host: str, topology: str = "", inventory: str = "") -> None:
+    """Rebuild a node (e.g. a returning old primary) as a replica; its own writes are dropped."""
+    _db("rejoin", topology, inventory, host=host)
+
+
+@task(name="backup", help=DB_HELP)
+def db_backup(c: Context, topology: str = "", inventory: str = "") -> None:
+    """Take a consistent dump of the primary into .testbed/backups/ (0600)."""
+    _db("backup", topology, inventory)
+
+
+@task(name="restore", help={**DB_HELP, "host": "replica to restore onto", "file": "backup file"})
+def db_restore(
+    c: Context, host: str, file: str = "", topology: str = "", inventory: str = ""
+) -> None:
+    """Restore a backup onto a replica and let it catch up; compares row counts and checksums."""
+    _db("restore", topology, inventory, host=host, file=file)
+
+
 firewall = Collection("firewall", firewall_show)
+dbns = Collection("db", db_status, db_switchover, db_failover, db_rejoin, db_backup, db_restore)
 tls = Collection("tls", tls_renew)
-ns = Collection(deploy, status, endpoints, destroy, ca, firewall, tls)
+ns = Collection(deploy, status, endpoints, destroy, ca, firewall, tls, dbns)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 # Locust first: importing it runs gevent's monkey-patching, which must happen before
 # anything else imports socket or ssl.
+import locust.log
 from locust import FastHttpUser, between, constant_throughput, events, task
 
 # isort: split
@@ -184,23 +185,32 @@ def _enforce_thresholds(environment: Environment, **_kwargs: Any) -> None:
         flush=True,
     )
     # Failures below the threshold are accepted, so they must not turn into Locust's default
-    # exit code 1; unhandled exceptions in this file still do.
-    if environment.runner is not None and not environment.runner.exceptions:
+    # exit code 1; unhandled exceptions (in tasks or event handlers) still count.
+    runner = environment.runner
+    if runner is not None and not runner.exceptions and not locust.log.unhandled_greenlet_exception:
         environment.process_exit_code = 0
 
 
-# --- personas -----------------------------------------------------------------------------
+# --- checks: each returns what is wrong with a response, or None --------------------------
 
 
 def _json(response: ResponseContextManager) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, TypeError):  # not JSON, or no body at all
         return None
 
 
-def _served_by(response: ResponseContextManager, server: str) -> str | None:
-    """Problem if X-Served-By is missing or names another backend than the body does."""
+def _status_problem(response: ResponseContextManager, expected: int) -> str | None:
+    if response.status_code == expected:
+        return None
+    if not response.status_code:  # connection, TLS or timeout error: no HTTP status at all
+        return f"no response: {response.error!r:.160}"
+    return f"status {response.status_code}, expected {expected}: {response.text!r:.120}"
+
+
+def _served_by_problem(response: ResponseContextManager, server: str) -> str | None:
+    """X-Served-By must be present and name the backend the body says served it."""
     header = response.headers.get("X-Served-By")
     if not header:
         return "no X-Served-By header"
@@ -218,11 +228,72 @@ def _note_problem(note: Any) -> str | None:
     return None
 
 
+def check_home(response: ResponseContextManager) -> str | None:
+    if problem := _status_problem(response, 200):
+        return problem
+    match = SERVED_BY.search(response.text or "")
+    if not match:
+        return "page does not say 'Served by <b id=server>NAME</b>'"
+    return _served_by_problem(response, match.group(1))
+
+
+def check_health(response: ResponseContextManager) -> str | None:
+    if problem := _status_problem(response, 200):
+        return problem
+    body = _json(response)
+    if not isinstance(body, dict) or body.get("status") != "ok":
+        return f"unhealthy: {response.text!r:.120}"
+    if not isinstance(body.get("server"), str) or not body["server"]:
+        return "health names no server"
+    return _served_by_problem(response, body["server"])
+
+
+def check_note_list(response: ResponseContextManager, limit: int) -> str | None:
+    if problem := _status_problem(response, 200):
+        return problem
+    body = _json(response)
+    if not isinstance(body, dict) or not isinstance(body.get("notes"), list):
+        return f"no notes list: {response.text!r:.120}"
+    if len(body["notes"]) > limit:
+        return f"limit={limit} returned {len(body['notes'])} notes"
+    for note in body["notes"]:
+        if problem := _note_problem(note):
+            return problem
+    return None
+
+
+def check_note(response: ResponseContextManager, note_id: int) -> str | None:
+    if problem := _status_problem(response, 200):
+        return f"note {note_id}: {problem}"
+    body = _json(response)
+    if problem := _note_problem(body):
+        return problem
+    if body["id"] != note_id:
+        return f"asked for note {note_id}, got {body['id']}"
+    return None
+
+
+def check_created(response: ResponseContextManager, text: str) -> str | None:
+    if problem := _status_problem(response, 201):
+        return problem
+    body = _json(response)
+    if not isinstance(body, dict) or not isinstance(body.get("id"), int):
+        return f"no note id: {response.text!r:.120}"
+    if body.get("text") != text:
+        return f"sent {text!r}, got back {body.get('text')!r:.120}"
+    if not body.get("server"):
+        return "created note names no server"
+    return None
+
+
 def _finish(response: ResponseContextManager, problem: str | None) -> None:
     if problem:
         response.failure(problem)
     else:
         response.success()
+
+
+# --- personas -----------------------------------------------------------------------------
 
 
 class TestbedUser(FastHttpUser):
@@ -246,102 +317,61 @@ class TestbedUser(FastHttpUser):
 
 
 class Browser(TestbedUser):
+    """Looks at the site: the page and the health check."""
+
     weight = 3
 
     @task(3)
     def home(self) -> None:
         with self.client.get("/", name="/", catch_response=True) as response:
-            match = SERVED_BY.search(response.text or "")
-            problem = None
-            if response.status_code != 200:
-                problem = f"status {response.status_code}"
-            elif not match:
-                problem = "page does not say 'Served by <b id=server>NAME</b>'"
-            else:
-                problem = _served_by(response, match.group(1))
-            _finish(response, problem)
+            _finish(response, check_home(response))
 
     @task(1)
     def health(self) -> None:
         with self.client.get("/health", name="/health", catch_response=True) as response:
-            body = _json(response)
-            problem = None
-            if response.status_code != 200:
-                problem = f"status {response.status_code}"
-            elif not isinstance(body, dict) or body.get("status") != "ok":
-                problem = f"unhealthy: {response.text!r:.120}"
-            elif not isinstance(body.get("server"), str) or not body["server"]:
-                problem = "health has no server"
-            else:
-                problem = _served_by(response, body["server"])
-            _finish(response, problem)
+            _finish(response, check_health(response))
 
 
 class Reader(TestbedUser):
+    """Lists the latest notes and reads single notes it has seen listed."""
+
     weight = 5
+    limit = 10
 
     def on_start(self) -> None:
         self.seen_ids: deque[int] = deque(maxlen=200)
 
     @task(1)
     def list_notes(self) -> None:
-        with self.client.get(
-            "/api/notes?limit=10", name="/api/notes?limit=10", catch_response=True
-        ) as response:
-            body = _json(response)
-            problem = None
-            if response.status_code != 200:
-                problem = f"status {response.status_code}"
-            elif not isinstance(body, dict) or not isinstance(body.get("notes"), list):
-                problem = f"no notes list: {response.text!r:.120}"
-            elif len(body["notes"]) > 10:
-                problem = f"limit=10 returned {len(body['notes'])} notes"
-            else:
-                for note in body["notes"]:
-                    problem = _note_problem(note)
-                    if problem:
-                        break
-                    self.seen_ids.append(note["id"])
+        url = f"/api/notes?limit={self.limit}"
+        with self.client.get(url, name=url, catch_response=True) as response:
+            problem = check_note_list(response, self.limit)
+            if not problem:
+                self.seen_ids.extend(note["id"] for note in response.json()["notes"])
             _finish(response, problem)
 
     @task(3)
     def get_note(self) -> None:
         if not self.seen_ids:
-            self.list_notes()  # still one request per task
+            self.list_notes()  # nothing seen yet; still one request per task
             return
         note_id = random.choice(self.seen_ids)
         with self.client.get(
             f"/api/notes/{note_id}", name="/api/notes/[id]", catch_response=True
         ) as response:
-            body = _json(response)
-            problem = None
-            if response.status_code != 200:
-                problem = f"status {response.status_code} for note {note_id}"
-            else:
-                problem = _note_problem(body)
-                if not problem and body["id"] != note_id:
-                    problem = f"asked for note {note_id}, got {body['id']}"
-            _finish(response, problem)
+            _finish(response, check_note(response, note_id))
 
 
 class Writer(TestbedUser):
+    """Creates notes, each with a unique text, and checks the echo."""
+
     weight = 2
 
     @task
     def create_note(self) -> None:
-        # Unique, and not only ASCII: the text must survive JSON, the app and MySQL unchanged.
+        # Unique, and not only ASCII: the text must survive JSON, the app and MariaDB unchanged.
         text = f"locust {uuid4().hex} ünïcødé ✓"
         with self.client.post(
             "/api/notes", json={"text": text}, name="/api/notes", catch_response=True
         ) as response:
-            body = _json(response)
-            problem = None
-            if response.status_code != 201:
-                problem = f"status {response.status_code}, expected 201"
-            elif not isinstance(body, dict) or not isinstance(body.get("id"), int):
-                problem = f"no note id: {response.text!r:.120}"
-            elif body.get("text") != text:
-                problem = f"sent {text!r}, got back {body.get('text')!r:.120}"
-            elif not body.get("server"):
-                problem = "created note has no server"
-            _finish(response, problem)
+            _finish(response, check_created(response, text))

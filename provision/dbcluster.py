@@ -128,13 +128,13 @@ def repl_password() -> str:
 
 def _dump(primary: Remote) -> tuple[str, str]:
     """A consistent dump of the app's database and the GTID position it stops at."""
-    res = primary.run(
+    dump = primary.output_bytes(
         f"mariadb-dump --single-transaction --gtid --master-data=2 --databases {DATABASE}"
-    )
-    match = re.search(r"gtid_slave_pos='([^']*)'", res.stdout)
+    ).decode("utf-8")
+    match = re.search(r"gtid_slave_pos='([^']*)'", dump)
     if not match:
         raise StepError("the primary's dump carries no GTID position (is log_bin on?)")
-    return res.stdout, match.group(1)
+    return dump, match.group(1)
 
 
 def seed_replica(replica: Remote, primary_address: str, dump: str, gtid: str) -> None:

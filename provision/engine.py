@@ -63,7 +63,7 @@ class Remote:
     """A machine reached over SSH, with root rights through passwordless sudo."""
 
     def __init__(self, host: Host, endpoint: Endpoint) -> None:
-        from fabric import Connection
+        from fabric import Config, Connection
 
         self.host = host
         self.endpoint = endpoint
@@ -73,6 +73,9 @@ class Remote:
             port=endpoint.port,
             connect_kwargs=endpoint.connect_kwargs(),
             connect_timeout=10,
+            # Remote output is UTF-8 whatever this machine's locale says; otherwise a
+            # database dump passing through here loses every non-ASCII character.
+            config=Config(overrides={"run": {"encoding": "utf-8"}}),
         )
         self._root = endpoint.user == "root"
         self.progress: Callable[[str], None] = lambda message: None
@@ -119,6 +122,22 @@ class Remote:
             "arch": lines[2].strip(),
             "python": lines[3].strip(),
         }
+
+    def output_bytes(self, command: str) -> bytes:
+        """Run a command as root and return its standard output exactly, as bytes.
+
+        For large or non-ASCII output (a database dump): the output goes to a private file
+        fetched over SFTP, since streamed output is decoded chunk by chunk and a character
+        split across two chunks would be mangled.
+        """
+        tmp = self.conn.run("mktemp", hide=True, in_stream=False).stdout.strip()
+        try:
+            self.run(f"( {command} ) > {shlex.quote(tmp)}")
+            buf = io.BytesIO()
+            self.conn.get(tmp, local=buf)
+            return buf.getvalue()
+        finally:
+            self.conn.run(f"rm -f {shlex.quote(tmp)}", hide=True, in_stream=False, warn=True)
 
     def put_bytes(self, content: bytes) -> str:
         """Upload to a private temporary file (mode 0600, owned by the login user)."""

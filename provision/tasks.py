@@ -15,9 +15,9 @@ SERVICES_BY_ROLE: dict[str, tuple[str, ...]] = {
     "common": ("ssh",),
     "lb": ("haproxy",),
     "web": ("nginx",),
-    "app": ("testbed-app",),
-    "db-primary": ("mariadb",),
-    "db-replica": ("mariadb",),
+    "app": ("testbed-app", "db-writer"),
+    "db-primary": ("mariadb", "dbcheck"),
+    "db-replica": ("mariadb", "dbcheck"),
     "monitor": ("prometheus", "prometheus-alertmanager"),
     "client": (),
 }
@@ -111,6 +111,11 @@ def status(topology_name: str | None, inventory_file: str | None) -> list[HostSt
             continue
         svc = "  ".join(f"{u}={'up' if s == 'active' else s}" for u, s in st.services.items())
         print(f"  {st.name:<10} {st.roles:<22} {'up':<5} {svc}")
+    if topo.in_tier("db") and any(r.reachable for r in results):
+        from provision import dbops
+
+        print("Database nodes:")
+        print("\n".join(dbops.status_lines(dbops.states(topo, eps))))
     return results
 
 
@@ -278,3 +283,29 @@ def db_primary(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> s
     if primary != default:
         print(f"Database primary is {primary} (the topology starts it on {default}).", flush=True)
     return primary
+
+
+def db_task(
+    action: str, topology_name: str | None, inventory_file: str | None, **kwargs: str
+) -> None:
+    """Run one of provision.dbops' operations and turn its errors into TaskError."""
+    from provision import dbops
+
+    topo = load(topology_name)
+    eps = endpoints(topo, inventory_file)
+    try:
+        if action == "status":
+            print("Database nodes:")
+            print("\n".join(dbops.status_lines(dbops.states(topo, eps))))
+        elif action == "switchover":
+            dbops.switchover(topo, eps, kwargs.get("target", ""))
+        elif action == "failover":
+            dbops.failover(topo, eps)
+        elif action == "rejoin":
+            dbops.rejoin(topo, eps, kwargs["host"])
+        elif action == "backup":
+            dbops.backup(topo, eps)
+        elif action == "restore":
+            dbops.restore(topo, eps, kwargs["host"], kwargs.get("file", ""))
+    except (dbops.DbOpError, engine.StepError) as exc:
+        raise TaskError(str(exc)) from None

@@ -1,0 +1,186 @@
+"""The database tier: GTID + semi-sync replication, least privilege, backup and restore."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import testinfra
+
+from acceptance.conftest import TOPOLOGY
+from acceptance.probe import probe_script
+from acceptance.site import request
+from provision import PROJECT_ROOT, dbcluster, engine, secrets
+from provision.inventory import Endpoint
+from provision.roles import db
+from provision.tasks import db_states
+
+JSON = {"Content-Type": "application/json"}
+
+
+def fab(*args: str) -> str:
+    res = subprocess.run(
+        [sys.executable, "-m", "fabric", *args],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.fixture
+def states(endpoints: dict[str, Endpoint]) -> dict[str, dbcluster.NodeState]:
+    return db_states(TOPOLOGY, endpoints)
+
+
+@pytest.fixture
+def primary(states: dict[str, dbcluster.NodeState]) -> str:
+    return dbcluster.discover_primary(TOPOLOGY, states)
+
+
+@pytest.fixture
+def replicas(states: dict[str, dbcluster.NodeState], primary: str) -> list[str]:
+    return [n for n in states if n != primary]
+
+
+Opener = Callable[[str], engine.Remote]
+
+
+@pytest.fixture
+def remote(endpoints: dict[str, Endpoint]) -> Iterator[Opener]:
+    """Opens SSH connections to machines on demand; closes them after the test."""
+    opened: list[engine.Remote] = []
+
+    def open_remote(name: str) -> engine.Remote:
+        r = engine.Remote(TOPOLOGY.hosts[name], endpoints[name])
+        r.connect()
+        opened.append(r)
+        return r
+
+    yield open_remote
+    for r in opened:
+        r.close()
+
+
+def as_user(
+    r: engine.Remote, user: str, password: str, address: str, sql: str
+) -> engine.CommandResult:
+    """Run SQL on `address` from machine `r` as a MariaDB user; the password stays off argv."""
+    script = (
+        f"MYSQL_PWD='{password}' mariadb -N -B -h {address} -u {user} --connect-timeout=3 "
+        f"-e {shlex.quote(sql)}\n"
+    )
+    return r.run("sh", stdin=script, check=False)
+
+
+def test_every_replica_replicates_with_gtid(
+    states: dict[str, dbcluster.NodeState], replicas: list[str], primary: str
+) -> None:
+    assert replicas
+    for name in replicas:
+        s = states[name]
+        assert s.using_gtid == "Slave_Pos", name
+        assert (s.io_running, s.sql_running) == ("Yes", "Yes"), (name, s.last_error)
+        assert s.replicating_from == db.private_address(TOPOLOGY, TOPOLOGY.hosts[primary])
+        assert s.read_only
+
+
+def test_semi_sync_is_on_at_both_ends(
+    states: dict[str, dbcluster.NodeState], replicas: list[str], primary: str
+) -> None:
+    assert states[primary].semisync_master == "ON"
+    assert states[primary].status["Rpl_semi_sync_master_clients"] == str(len(replicas))
+    for name in replicas:
+        assert states[name].semisync_slave == "ON"
+
+
+def test_durability_settings_are_in_force(remote: Opener, primary: str) -> None:
+    r = remote(primary)
+    row = dbcluster.mysql(
+        r,
+        "SELECT @@sync_binlog, @@sync_relay_log, @@gtid_strict_mode, @@log_slave_updates, "
+        "@@rpl_semi_sync_master_wait_point;",
+    )[0]
+    assert row == ["1", "1", "1", "1", "AFTER_SYNC"]
+
+
+def test_a_note_written_through_the_api_is_on_every_replica_within_a_second(
+    remote: Opener, replicas: list[str]
+) -> None:
+    reply = request("POST", "/api/notes", json.dumps({"text": "to the replica"}), JSON)
+    assert reply.status == 201
+    note = json.loads(reply.body)["id"]
+    written = time.monotonic()
+    for name in replicas:
+        r = remote(name)
+        while True:
+            rows = dbcluster.mysql(r, f"SELECT text FROM testbed.notes WHERE id = {note};")
+            if rows:
+                break
+            assert time.monotonic() - written < 1.0, f"note {note} not on {name} after 1 s"
+            time.sleep(0.05)
+        assert rows == [["to the replica"]]
+
+
+def test_a_replica_refuses_a_direct_write(remote: Opener, replicas: list[str]) -> None:
+    name = replicas[0]
+    address = db.private_address(TOPOLOGY, TOPOLOGY.hosts[name])
+    res = as_user(
+        remote(name),
+        db.APP_USER, secrets.password("db-app"), address,
+        "INSERT INTO testbed.notes (text, server) VALUES ('direct', 'test')",
+    )  # fmt: skip
+    assert not res.ok
+    assert "read-only" in res.stderr or "1290" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("source", ["lb1", "client", "monitor"])
+def test_the_app_user_cannot_reach_the_database_from_outside_the_app_hosts(
+    machines: dict[str, testinfra.host.Host], primary: str, source: str
+) -> None:
+    for address in TOPOLOGY.hosts[primary].addresses.values():
+        out = machines[source].check_output(
+            f"printf %s {shlex.quote(f'{address} 3306')} | python3 -c "
+            + shlex.quote(probe_script(1.0))
+        )
+        assert out.endswith("filtered"), out
+
+
+def test_the_app_user_exists_only_for_the_app_hosts(remote: Opener, primary: str) -> None:
+    rows = dbcluster.mysql(
+        remote(primary),
+        f"SELECT Host FROM mysql.user WHERE User = '{db.APP_USER}' ORDER BY Host;",
+    )
+    expected = sorted(src for _, src in db.app_clients(TOPOLOGY, TOPOLOGY.hosts[primary]))
+    assert [r[0] for r in rows] == expected
+
+
+def test_the_replication_user_cannot_read_the_app_tables(
+    remote: Opener, primary: str, replicas: list[str]
+) -> None:
+    address = db.private_address(TOPOLOGY, TOPOLOGY.hosts[primary])
+    res = as_user(
+        remote(replicas[0]),
+        dbcluster.REPL_USER, dbcluster.repl_password(), address,
+        "SELECT COUNT(*) FROM testbed.notes",
+    )  # fmt: skip
+    assert not res.ok
+    assert "1142" in res.stderr or "denied" in res.stderr, res.stderr
+
+
+def test_backup_then_restore_onto_a_replica_gives_identical_rows_and_checksums(
+    replicas: list[str],
+) -> None:
+    out = fab("db.backup")
+    assert "Backup of" in out
+    for i in range(3):  # written after the backup: the restored replica must catch up
+        assert (
+            request("POST", "/api/notes", json.dumps({"text": f"after backup {i}"}), JSON).status
+            == 201
+        )
+    out = fab("db.restore", "--host", replicas[0])
+    assert "identical" in out, out

@@ -1,0 +1,254 @@
+"""Database operations behind `fab db.*`: status, switchover, failover, rejoin, backup, restore.
+
+Each prints what it does with a timeline (seconds since the task started) and appends
+the timeline to .testbed/db-events.jsonl. SQL runs as root on the machines over SSH.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from provision import STATE_DIR, dbcluster, engine, inventory, topology
+from provision.dbcluster import NodeState, Timeline
+from provision.roles import db
+
+EVENTS = STATE_DIR / "db-events.jsonl"
+BACKUPS = STATE_DIR / "backups"
+
+
+class DbOpError(RuntimeError):
+    pass
+
+
+@contextmanager
+def connected(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], name: str
+) -> Iterator[engine.Remote]:
+    remote = engine.Remote(topo.hosts[name], eps[name])
+    try:
+        remote.connect()
+    except Exception as exc:
+        raise DbOpError(f"{name}: cannot connect over SSH: {type(exc).__name__}: {exc}") from None
+    try:
+        yield remote
+    finally:
+        remote.close()
+
+
+def states(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> dict[str, NodeState]:
+    from provision.tasks import db_states
+
+    return db_states(topo, eps)
+
+
+def status_lines(found: dict[str, NodeState]) -> list[str]:
+    lines = [
+        f"  {'node':<8} {'role':<8} {'gtid (current)':<16} {'io/sql':<12} {'lag':<5} "
+        f"{'semi-sync':<22} note"
+    ]
+    for s in found.values():
+        if not s.reachable:
+            lines.append(f"  {s.name:<8} {'DOWN':<8} {s.error}")
+            continue
+        threads = f"{s.io_running or '-'}/{s.sql_running or '-'}"
+        semi = f"master={s.semisync_master}" if s.role == "primary" else f"slave={s.semisync_slave}"
+        note = s.last_error[:60] if s.last_error else ("read-only" if s.read_only else "writable")
+        lines.append(
+            f"  {s.name:<8} {s.role:<8} {s.gtid_current_pos or '-':<16} {threads:<12} "
+            f"{s.lag or '-':<5} {semi:<22} {note}"
+        )
+    return lines
+
+
+def _record(kind: str, timeline: Timeline, **extra: object) -> None:
+    STATE_DIR.mkdir(mode=0o700, exist_ok=True)
+    entry = {
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "operation": kind,
+        "timeline": [(round(t - timeline.started, 3), e) for t, e in timeline.events],
+        **extra,
+    }
+    with EVENTS.open("a") as out:
+        out.write(json.dumps(entry) + "\n")
+
+
+def _address(topo: topology.Topology, name: str) -> str:
+    return db.private_address(topo, topo.hosts[name])
+
+
+def _current(topo: topology.Topology, found: dict[str, NodeState]) -> str:
+    try:
+        return dbcluster.discover_primary(topo, found)
+    except engine.StepError as exc:
+        raise DbOpError(str(exc)) from None
+
+
+def _wait_writer_endpoint(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], timeline: Timeline
+) -> None:
+    """First write through an app host's writer endpoint, with the app's own user."""
+    app_host = topo.with_role("app")[0].name
+    # The script (with the password) travels as a 0600 file, never on a command line.
+    script = (
+        f"MYSQL_PWD='{db.secrets.password('db-app')}' mariadb -N -B -h 127.0.0.1 -P 3307 "
+        f"-u {db.APP_USER} --connect-timeout=2 {db.DATABASE} -e "
+        '"INSERT INTO failover_probe (written_by) VALUES (@@hostname); SELECT @@hostname"\n'
+    )
+    with connected(topo, eps, app_host) as remote:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            res = remote.run("sh", stdin=script, check=False)
+            if res.ok and res.stdout.strip():
+                timeline.mark(
+                    f"first write accepted through {app_host}'s writer endpoint "
+                    f"(by {res.stdout.strip()})"
+                )
+                return
+            time.sleep(0.2)
+    raise DbOpError("the writer endpoint did not reach a writable node within 30 s")
+
+
+def switchover(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], target: str = ""
+) -> Timeline:
+    """Planned: fence the primary, let the replica catch up, promote it, demote the old one."""
+    found = states(topo, eps)
+    old = _current(topo, found)
+    candidates = [s for s in found.values() if s.reachable and s.name != old]
+    if target:
+        candidates = [s for s in candidates if s.name == target]
+    if not candidates:
+        raise DbOpError(f"no reachable replica to switch to{' (' + target + ')' if target else ''}")
+    new = dbcluster.most_advanced(candidates).name
+    print(f"Switchover: {old} -> {new}", flush=True)
+    timeline = Timeline()
+    with connected(topo, eps, old) as old_r, connected(topo, eps, new) as new_r:
+        dbcluster.fence(old_r)
+        timeline.mark(f"{old} fenced (read_only on): writes pause")
+        pos = dbcluster.mysql(old_r, "SELECT @@gtid_binlog_pos;")[0][0]
+        dbcluster.wait_applied(new_r, pos)
+        timeline.mark(f"{new} applied everything up to {pos}")
+        dbcluster.promote(new_r, timeline)
+        dbcluster.demote_to_replica(old_r, _address(topo, new))
+        timeline.mark(f"{old} replicates from {new}")
+    _wait_writer_endpoint(topo, eps, timeline)
+    pause = timeline.between(
+        f"{old} fenced (read_only on): writes pause", "promotion done: new primary accepts writes"
+    )
+    print(f"Write pause (fence to promotion): {pause:.2f} s", flush=True)
+    _record("switchover", timeline, old=old, new=new, write_pause_s=round(pause, 3))
+    return timeline
+
+
+def failover(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> Timeline:
+    """Unplanned: the primary is dead or fenced; promote the most advanced replica."""
+    timeline = Timeline()
+    found = states(topo, eps)
+    replicas = [s for s in found.values() if s.reachable and s.replicating_from]
+    writable = [s for s in found.values() if s.reachable and s.role == "primary"]
+    if writable:
+        raise DbOpError(f"{writable[0].name} still accepts writes: use `fab db.switchover`")
+    if not replicas:
+        raise DbOpError("no reachable replica to promote")
+    dead = [s.name for s in found.values() if s not in replicas]
+    timeline.mark(f"fault seen: no writable primary ({', '.join(dead) or 'none'} lost)")
+    new = dbcluster.most_advanced(replicas).name
+    with connected(topo, eps, new) as remote:
+        dbcluster.promote(remote, timeline)
+    _wait_writer_endpoint(topo, eps, timeline)
+    print(
+        f"Failover: {new} is the primary. Bring the old one back as a replica with "
+        f"`fab db.rejoin --host <name>`.",
+        flush=True,
+    )
+    _record("failover", timeline, new=new, lost=dead)
+    return timeline
+
+
+def rejoin(topo: topology.Topology, eps: dict[str, inventory.Endpoint], host: str) -> Timeline:
+    """Rebuild `host` as a replica of the current primary, discarding what it had."""
+    found = states(topo, eps)
+    primary = _current(topo, found)
+    if host == primary:
+        raise DbOpError(f"{host} is the primary; rejoin another node")
+    timeline = Timeline()
+    with connected(topo, eps, primary) as p, connected(topo, eps, host) as r:
+        dump, gtid = dbcluster._dump(p)
+        timeline.mark(f"dumped {primary} at GTID {gtid}")
+        dbcluster.seed_replica(r, _address(topo, primary), dump, gtid)
+        dbcluster.wait_replicating(r)
+        timeline.mark(f"{host} replicates from {primary} (its own unreplicated writes discarded)")
+    _record("rejoin", timeline, host=host, primary=primary, gtid=gtid)
+    return timeline
+
+
+def table_summary(remote: engine.Remote) -> dict[str, str]:
+    """Row count and a checksum of the notes' content (id, text, server, created).
+
+    Content, not CHECKSUM TABLE: that one also hashes the storage format, which differs
+    between a table created by the schema and one re-created from a dump.
+    """
+    rows = dbcluster.mysql(
+        remote,
+        "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS('#', id, text, server, created))), 0) "
+        f"FROM {db.DATABASE}.notes;",
+    )
+    return {"rows": rows[0][0], "checksum": rows[0][1]}
+
+
+def backup(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> Path:
+    found = states(topo, eps)
+    primary = _current(topo, found)
+    with connected(topo, eps, primary) as remote:
+        dump, gtid = dbcluster._dump(remote)
+        summary = table_summary(remote)
+    BACKUPS.mkdir(parents=True, mode=0o700, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = BACKUPS / f"{db.DATABASE}-{stamp}.sql.gz"
+    with gzip.open(path, "wt") as out:
+        out.write(dump)
+    path.chmod(0o600)
+    print(
+        f"Backup of {primary} at GTID {gtid}: {path} ({summary.get('rows')} notes, "
+        f"checksum {summary.get('checksum')})",
+        flush=True,
+    )
+    return path
+
+
+def restore(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], host: str, file: str = ""
+) -> dict[str, str]:
+    """Load a backup onto `host` (a replica) and let it catch up from the backup's GTID."""
+    found = states(topo, eps)
+    primary = _current(topo, found)
+    if host == primary:
+        raise DbOpError(f"{host} is the primary; restore onto a replica (or a fresh node)")
+    path = Path(file) if file else max(BACKUPS.glob("*.sql.gz"), default=None)
+    if path is None or not path.exists():
+        raise DbOpError("no backup found: run `fab db.backup` first, or pass --file")
+    with gzip.open(path, "rt") as src:
+        dump = src.read()
+    match = re.search(r"gtid_slave_pos='([^']*)'", dump)
+    if not match:
+        raise DbOpError(f"{path}: no GTID position in the backup")
+    with connected(topo, eps, host) as r, connected(topo, eps, primary) as p:
+        dbcluster.seed_replica(r, _address(topo, primary), dump, match.group(1))
+        dbcluster.wait_replicating(r)
+        pos = dbcluster.mysql(p, "SELECT @@gtid_binlog_pos;")[0][0]
+        dbcluster.wait_applied(r, pos)
+        here, there = table_summary(r), table_summary(p)
+    print(
+        f"Restored {path.name} onto {host}; caught up with {primary}: "
+        f"{here['rows']} notes, checksum {here['checksum']} "
+        f"({'identical' if here == there else 'DIFFERENT: ' + str(there)})",
+        flush=True,
+    )
+    return here
