@@ -56,9 +56,14 @@ class Writer:
             self._thread.join(timeout=30)
 
     def outage_after(self, fault: float) -> float:
-        """Seconds from the last acknowledged write before `fault` to the first after it."""
-        before = [t for t, ok in self.answers if ok and t <= fault]
-        after = [t for t, ok in self.answers if ok and t > fault]
+        """How long writes failed after `fault`: from the last acknowledged write before
+        the first failure to the first acknowledged write after it (0 if none failed)."""
+        failures = [t for t, ok in self.answers if not ok and t > fault]
+        if not failures:
+            return 0.0
+        first_failure = failures[0]
+        before = [t for t, ok in self.answers if ok and t < first_failure]
+        after = [t for t, ok in self.answers if ok and t > first_failure]
         if not after:
             return float("inf")
         return after[0] - (before[-1] if before else fault)

@@ -11,6 +11,7 @@ failover it is no longer the topology's db-primary.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from provision import PROJECT_ROOT, dbcluster, secrets
@@ -189,11 +190,12 @@ def steps(ctx: HostContext) -> list[Step]:
     ]
     if host.name == primary_name(ctx):
         schema = (PROJECT_ROOT / "app" / "schema.sql").read_text()
+        tables = sorted(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema))
         result += [
             Command(
-                f"Ensure the {DATABASE} database and its schema exist (on the primary).",
-                check=f"mariadb -N -B -e \"SHOW TABLES FROM {DATABASE} LIKE 'notes'\" "
-                "| grep -qx notes",
+                f"Ensure the {DATABASE} database and its tables exist (on the primary).",
+                check=f"[ \"$(mariadb -N -B -e 'SHOW TABLES FROM {DATABASE}' | sort | "
+                f"tr '\\n' ' ')\" = '{' '.join(tables)} ' ]",
                 run=f"mariadb -e 'CREATE DATABASE IF NOT EXISTS {DATABASE}' && mariadb {DATABASE}",
                 run_stdin=schema,
             ),
