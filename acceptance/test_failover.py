@@ -7,9 +7,11 @@ planned switchover back, so the cluster is as the topology starts it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,8 +32,16 @@ def fab(*args: str) -> str:
     return res.stdout
 
 
-def _remote(endpoints: dict[str, Endpoint], name: str) -> engine.Remote:
-    r = engine.Remote(TOPOLOGY.hosts[name], endpoints[name])
+class _Conn(engine.Remote):
+    def __enter__(self) -> engine.Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _remote(endpoints: dict[str, Endpoint], name: str) -> _Conn:
+    r = _Conn(TOPOLOGY.hosts[name], endpoints[name])
     r.connect()
     return r
 
@@ -69,14 +79,7 @@ def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, En
     states = db_states(TOPOLOGY, endpoints)
     old = dbcluster.discover_primary(TOPOLOGY, states)
     old_r = _remote(endpoints, old)
-    # Semi-sync is ON before the drill: after a quiet spell it may have fallen back to
-    # asynchronous; one acknowledged write turns it back on.
-    deadline = time.monotonic() + 15
-    while _semisync(old_r)["Rpl_semi_sync_master_status"] != "ON":
-        assert time.monotonic() < deadline, "semi-sync did not come on before the drill"
-        request("POST", "/api/notes", '{"text": "semi-sync warm-up"}', JSON)
-        time.sleep(0.2)
-    at_start = _semisync(old_r)
+    at_start = _semisync_on(old_r)
     writer = Writer().start()
     try:
         time.sleep(3)
@@ -125,6 +128,103 @@ def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, En
     assert (rejoined.role, rejoined.io_running, rejoined.sql_running) == ("replica", "Yes", "Yes")
     dbcluster.wait_applied(old_r, dbcluster.mysql(new_r, "SELECT @@gtid_binlog_pos;")[0][0])
     assert _present_once(old_r, writer.acked) == []
+
+
+@pytest.fixture
+def auto_failover(endpoints: dict[str, Endpoint]) -> Iterator[None]:
+    """dbwatch on (as in `hardened`) for the test, off again after it."""
+    fab("deploy", "--option", "auto_failover=true")
+    try:
+        yield
+    finally:
+        fab("deploy")
+
+
+def _wait_writes_back(writer: Writer, fault: float, limit: float = 60) -> None:
+    """Until an acknowledged write follows a failed one after `fault` (or `limit` s)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        failed = [t for t, ok in writer.answers if not ok and t > fault]
+        if failed and any(ok and t > failed[0] for t, ok in writer.answers):
+            return
+        time.sleep(0.2)
+
+
+def _semisync_on(r: engine.Remote) -> dict[str, str]:
+    """Wait until the primary's semi-sync is on (a write may be needed to turn it back on
+    after a quiet spell); its status counters then."""
+    deadline = time.monotonic() + 15
+    while _semisync(r)["Rpl_semi_sync_master_status"] != "ON":
+        assert time.monotonic() < deadline, "semi-sync did not come on before the drill"
+        request("POST", "/api/notes", '{"text": "semi-sync warm-up"}', JSON)
+        time.sleep(0.2)
+    return _semisync(r)
+
+
+def _drill(endpoints: dict[str, Endpoint], fault_cmd: list[str] | str, old: str) -> Writer:
+    with _remote(endpoints, old) as r:
+        at_start = _semisync_on(r)
+    writer = Writer().start()
+    try:
+        time.sleep(2)
+        with _remote(endpoints, old) as r:
+            before = _semisync(r)
+        # Semi-sync stayed on up to the fault: nothing was committed unacknowledged.
+        assert before["Rpl_semi_sync_master_status"] == "ON"
+        assert before["Rpl_semi_sync_master_no_tx"] == at_start["Rpl_semi_sync_master_no_tx"]
+        fault = time.monotonic()
+        if isinstance(fault_cmd, str):
+            with _remote(endpoints, old) as r:
+                r.run(fault_cmd)
+        else:
+            subprocess.run(fault_cmd, cwd=PROJECT_ROOT, capture_output=True, check=True)
+        _wait_writes_back(writer, fault)
+        time.sleep(2)
+    finally:
+        writer.stop()
+    writer.fault = fault  # type: ignore[attr-defined]
+    return writer
+
+
+def _dbwatch_log(endpoints: dict[str, Endpoint]) -> list[dict[str, object]]:
+    with _remote(endpoints, TOPOLOGY.with_role("monitor")[0].name) as r:
+        out = r.run("journalctl -u dbwatch -o cat --no-pager | grep '^{'").stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.mark.disruptive
+@pytest.mark.usefixtures("healthy_cluster", "auto_failover")
+@pytest.mark.parametrize("fault", ["kill-mariadbd", "stop-machine"])
+def test_automatic_failover_keeps_the_service_answering_and_loses_nothing(
+    endpoints: dict[str, Endpoint], fault: str
+) -> None:
+    old = dbcluster.discover_primary(TOPOLOGY, db_states(TOPOLOGY, endpoints))
+    fault_cmd: list[str] | str = (
+        "pkill -9 -x mariadbd" if fault == "kill-mariadbd" else ["vagrant", "halt", old]
+    )
+    writer = _drill(endpoints, fault_cmd, old)
+    outage = writer.outage_after(writer.fault)  # type: ignore[attr-defined]
+    events = [e for e in _dbwatch_log(endpoints) if e["event"] == "failover"]
+    print(
+        f"\nautomatic failover ({fault} on {old}): write outage {outage:.2f} s as the "
+        f"client saw it, {len(writer.acked)} writes acknowledged; dbwatch: {events[-1:]}"
+    )
+    assert outage < 30, "the service did not come back"
+    new = dbcluster.discover_primary(TOPOLOGY, db_states(TOPOLOGY, endpoints))
+    assert new != old
+    with _remote(endpoints, new) as r:
+        assert _present_once(r, writer.acked) == []
+    assert events and events[-1]["new"] == new
+    if fault == "stop-machine":
+        subprocess.run(["vagrant", "up", old], cwd=PROJECT_ROOT, capture_output=True, check=True)
+    with _remote(endpoints, old) as r:  # back, by itself, fenced
+        deadline = time.monotonic() + 60
+        while not (rows := dbcluster.mysql(r, "SELECT @@read_only;", check=False)):
+            assert time.monotonic() < deadline, f"{old}'s MariaDB did not come back"
+            time.sleep(0.5)
+        assert rows == [["1"]]
+    fab("deploy", "--option", "auto_failover=true", "--only", old)  # rejoins it as a replica
+    assert db_states(TOPOLOGY, endpoints)[old].role == "replica"
 
 
 @pytest.mark.disruptive

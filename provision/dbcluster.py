@@ -188,21 +188,36 @@ class Timeline:
         return times[last] - times[first]
 
 
-def promote(node: Remote, timeline: Timeline) -> None:
-    """Apply what the replica already received, stop replicating and accept writes."""
-    deadline = time.monotonic() + CATCH_UP_SECONDS
-    while time.monotonic() < deadline:
-        fields = slave_status(node)
-        relay_done = (
-            fields.get("Slave_SQL_Running_State", "").startswith("Slave has read all relay log")
-            or fields.get("Slave_SQL_Running") != "Yes"
-        )
-        if relay_done:
-            break
-        time.sleep(0.2)
-    timeline.mark("relay log applied on the new primary")
-    mysql(node, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF;")
+def promote(node: Remote, timeline: Timeline, replica_follows: bool = False) -> None:
+    """Apply what the replica already received, stop replicating and accept writes.
+
+    Without a replica to acknowledge, a semi-sync primary would hold its first commit for
+    rpl_semi_sync_master_timeout; so unless a replica follows at once (switchover),
+    semi-sync waits are paused until one rejoins (resume_semisync)."""
+    # Everything the replica received (and acknowledged) must be applied before the relay
+    # log is thrown away. "Read all relay log" is not enough with parallel replication:
+    # the coordinator reads ahead of the workers. Wait for the received GTID instead.
+    mysql(node, "STOP SLAVE IO_THREAD;", check=False)
+    received = slave_status(node).get("Gtid_IO_Pos", "")
+    if received:
+        wait_applied(node, received)
+    timeline.mark(f"relay log applied on the new primary (up to {received or 'nothing'})")
+    pause = "" if replica_follows else "SET GLOBAL rpl_semi_sync_master_enabled = OFF;"
+    mysql(node, f"STOP SLAVE; RESET SLAVE ALL; {pause} SET GLOBAL read_only = OFF;")
     timeline.mark("promotion done: new primary accepts writes")
+    if not replica_follows:
+        timeline.mark("semi-sync paused on the new primary until a replica rejoins")
+
+
+def resume_semisync(primary: Remote, replica: Remote) -> None:
+    """A replica is back: the primary waits for its acknowledgements again.
+
+    A replica negotiates semi-sync when its IO thread connects, so after turning it back
+    on at the primary the replica reconnects; without that it would stay asynchronous.
+    """
+    mysql(primary, "SET GLOBAL rpl_semi_sync_master_enabled = ON;")
+    mysql(replica, "STOP SLAVE IO_THREAD; START SLAVE IO_THREAD;")
+    wait_replicating(replica)
 
 
 def fence(node: Remote) -> None:

@@ -135,7 +135,7 @@ def switchover(
         pos = dbcluster.mysql(old_r, "SELECT @@gtid_binlog_pos;")[0][0]
         dbcluster.wait_applied(new_r, pos)
         timeline.mark(f"{new} applied everything up to {pos}")
-        dbcluster.promote(new_r, timeline)
+        dbcluster.promote(new_r, timeline, replica_follows=True)
         dbcluster.demote_to_replica(old_r, _address(topo, new))
         timeline.mark(f"{old} replicates from {new}")
     _wait_writer_endpoint(topo, eps, timeline)
@@ -184,6 +184,7 @@ def rejoin(topo: topology.Topology, eps: dict[str, inventory.Endpoint], host: st
         timeline.mark(f"dumped {primary} at GTID {gtid}")
         dbcluster.seed_replica(r, _address(topo, primary), dump, gtid)
         dbcluster.wait_replicating(r)
+        dbcluster.resume_semisync(p, r)
         timeline.mark(f"{host} replicates from {primary} (its own unreplicated writes discarded)")
     _record("rejoin", timeline, host=host, primary=primary, gtid=gtid)
     return timeline
@@ -242,6 +243,7 @@ def restore(
     with connected(topo, eps, host) as r, connected(topo, eps, primary) as p:
         dbcluster.seed_replica(r, _address(topo, primary), dump, match.group(1))
         dbcluster.wait_replicating(r)
+        dbcluster.resume_semisync(p, r)
         pos = dbcluster.mysql(p, "SELECT @@gtid_binlog_pos;")[0][0]
         dbcluster.wait_applied(r, pos)
         here, there = table_summary(r), table_summary(p)

@@ -435,7 +435,7 @@ MALFORMED = [
     ),
     pytest.param(
         setting("hosts.monitor.roles", ["client"]),
-        "flows[10].to",
+        "flows[10].from",
         "no host carries role 'monitor'",
         id="flow-to-role-no-host-carries",
     ),

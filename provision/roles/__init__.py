@@ -7,7 +7,7 @@ list of steps that host needs, and the handlers those steps may notify.
 from __future__ import annotations
 
 from provision.engine import Role
-from provision.roles import app, common, db, firewall, lb, web
+from provision.roles import app, common, db, dbwatch, firewall, lb, web
 
 ALL_ROLES: tuple[Role, ...] = (
     common.ROLE,
@@ -17,5 +17,6 @@ ALL_ROLES: tuple[Role, ...] = (
     app.ROLE,
     web.ROLE,
     lb.ROLE,
+    dbwatch.ROLE,
 )
 """Every role the deploy runs, each tagged with the tier it belongs to."""

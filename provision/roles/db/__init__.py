@@ -35,6 +35,7 @@ from provision.topology import Host, Topology
 
 DATABASE = dbcluster.DATABASE
 APP_USER = "app"
+FAILOVER_USER = "failover"
 CONFIG = "/etc/mysql/mariadb.conf.d/60-webinfra-testbed.cnf"
 DBCHECK = "/usr/local/lib/webinfra-testbed/dbcheck.py"
 DBCHECK_PORT = 9200
@@ -134,7 +135,27 @@ def users(topology: Topology, host: Host) -> list[DbUser]:
                schema_privs={"performance_schema": ("SELECT",)}, why="the mysqld exporter"),
         DbUser("dbcheck", "localhost", None, why="the writability check"),
     ]  # fmt: skip
+    if topology.option("auto_failover", False):
+        result += [
+            DbUser(FAILOVER_USER, str(topology.address_for(host, m)),
+                   secrets.password("db-failover"),
+                   global_privs=("BINLOG MONITOR", "READ_ONLY ADMIN", "RELOAD",
+                                 "REPLICATION MASTER ADMIN", "REPLICATION SLAVE ADMIN",
+                                 "SLAVE MONITOR"),
+                   schema_privs={DATABASE: ("INSERT",)}, why=f"automatic failover from {m.name}")
+            for m in topology.with_role("monitor")
+        ]  # fmt: skip
     return result
+
+
+def absent_users(topology: Topology, host: Host) -> list[tuple[str, str]]:
+    """(user, host) accounts that must not exist: the failover account while automatic
+    failover is off."""
+    if topology.option("auto_failover", False):
+        return []
+    return [
+        (FAILOVER_USER, str(topology.address_for(host, m))) for m in topology.with_role("monitor")
+    ]
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -165,6 +186,18 @@ def steps(ctx: HostContext) -> list[Step]:
                 check_stdin=user.check_sql(),
                 run="mariadb",
                 run_stdin=user.create_sql(),
+            )
+        )
+    for name, source in absent_users(topo, host):
+        result.append(
+            Command(
+                f"Ensure MariaDB user '{name}'@'{source}' does not exist (no automatic failover).",
+                check='[ "$(mariadb -N -B)" = 0 ]',
+                check_stdin=f"SELECT COUNT(*) FROM mysql.user WHERE User = '{name}' "
+                f"AND Host = '{source}';\n",
+                run="mariadb",
+                run_stdin="SET SESSION sql_log_bin = 0;\n"
+                f"DROP USER IF EXISTS '{name}'@'{source}';\n",
             )
         )
     result += [
@@ -198,6 +231,13 @@ def steps(ctx: HostContext) -> list[Step]:
                 f"tr '\\n' ' ')\" = '{' '.join(tables)} ' ]",
                 run=f"mariadb -e 'CREATE DATABASE IF NOT EXISTS {DATABASE}' && mariadb {DATABASE}",
                 run_stdin=schema,
+            ),
+            Command(
+                "Ensure the primary waits for a replica's acknowledgement when it has one.",
+                check='mariadb -N -B -e "SELECT @@rpl_semi_sync_master_enabled = 1 OR '
+                "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+                "WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS') = 0\" | grep -qx 1",
+                run="mariadb -e 'SET GLOBAL rpl_semi_sync_master_enabled = ON'",
             ),
             Command(
                 "Ensure the primary accepts writes (read_only off).",
@@ -242,10 +282,11 @@ class Replicates(Step):
         primary = self.ctx.peer(self.primary)
         try:
             dump, gtid = dbcluster._dump(primary)
+            dbcluster.seed_replica(remote, address, dump, gtid)
+            dbcluster.wait_replicating(remote)
+            dbcluster.resume_semisync(primary, remote)
         finally:
             primary.close()
-        dbcluster.seed_replica(remote, address, dump, gtid)
-        dbcluster.wait_replicating(remote)
         return Outcome(True, f"seeded from {self.primary} at GTID {gtid}")
 
 

@@ -1,0 +1,100 @@
+"""The `dbwatch` role (monitor hosts): automatic, fenced database failover.
+
+On when the topology option `auto_failover` is true (seed: off, so failover is the
+operator's `fab db.failover`; try it with `fab deploy --option auto_failover=true`).
+When off, the service is stopped and disabled. The logic is in files/dbwatch.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+from provision import PROJECT_ROOT, secrets
+from provision.engine import (
+    Command,
+    File,
+    HostContext,
+    Packages,
+    Role,
+    Service,
+    Step,
+    render,
+    restart_handler,
+)
+from provision.roles import db
+
+HOME = "/etc/webinfra-testbed"
+SCRIPT = "/usr/local/lib/webinfra-testbed/dbwatch.py"
+CONFIG = f"{HOME}/dbwatch.json"
+CLIENT_CNF = f"{HOME}/dbwatch.cnf"
+CONFIRM_SECONDS = 1.0
+INTERVAL_SECONDS = 0.5
+
+
+def steps(ctx: HostContext) -> list[Step]:
+    topo = ctx.topology
+    if not topo.option("auto_failover", False):
+        return [
+            Command(
+                "Ensure automatic failover is off (topology option auto_failover).",
+                check="! systemctl is-active --quiet dbwatch && "
+                "! systemctl is-enabled --quiet dbwatch",
+                run="systemctl disable --now dbwatch 2>/dev/null || true",
+            )
+        ]
+    nodes = [{"name": h.name, "address": db.private_address(topo, h)} for h in db.db_hosts(topo)]
+    config = {
+        "_managed_by": "webinfra-testbed, from provision/roles/dbwatch (local edits are lost)",
+        "nodes": nodes,
+        "check_port": db.DBCHECK_PORT,
+        "client_cnf": CLIENT_CNF,
+        "confirm_seconds": CONFIRM_SECONDS,
+        "interval_seconds": INTERVAL_SECONDS,
+    }
+    return [
+        Packages(("mariadb-client",), name="Ensure the MariaDB client is installed."),
+        Command(
+            "Ensure the dbwatch system user exists.",
+            check="id -u dbwatch >/dev/null 2>&1",
+            run="useradd --system --no-create-home --shell /usr/sbin/nologin dbwatch",
+        ),
+        File(
+            SCRIPT,
+            (PROJECT_ROOT / "provision/roles/dbwatch/files/dbwatch.py").read_text(),
+            mode="0755",
+            notify=["restart dbwatch"],
+            name="Ensure the failover controller is installed.",
+        ),
+        File(
+            CONFIG,
+            json.dumps(config, indent=2) + "\n",
+            mode="0644",
+            notify=["restart dbwatch"],
+            name="Ensure the failover controller knows every database node.",
+        ),
+        File(
+            CLIENT_CNF,
+            render(
+                "dbwatch",
+                "client.cnf.j2",
+                user=db.FAILOVER_USER,
+                password=secrets.password("db-failover"),
+            ),
+            mode="0600",
+            owner="dbwatch",
+            group="dbwatch",
+            secret=True,
+            notify=["restart dbwatch"],
+            name="Ensure the controller's database credentials are in place (0600).",
+        ),
+        File(
+            "/etc/systemd/system/dbwatch.service",
+            render("dbwatch", "dbwatch.service.j2", script=SCRIPT, config=CONFIG),
+            notify=["restart dbwatch"],
+            name="Ensure the controller's unit is up to date.",
+        ),
+        Service("dbwatch", name="Ensure the failover controller is running."),
+    ]
+
+
+ROLE = Role("dbwatch", "monitor", steps, handlers=[restart_handler("dbwatch")])
