@@ -8,6 +8,7 @@ failure names the host and the case. Bring the testbed up with ./testbed up.
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.acceptance)
     # Tests that restart a machine run last, so they cannot break the others' sessions.
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+def fab(*args: str) -> str:
+    """Run a Fabric task as a user would; fail the test with its output if it fails."""
+    res = subprocess.run(
+        [sys.executable, "-m", "fabric", *args],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    return res.stdout
 
 
 @pytest.fixture(scope="session")

@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY
+from acceptance.conftest import TOPOLOGY, fab
 from acceptance.probe import probe_script
 from acceptance.site import request
-from provision import PROJECT_ROOT, dbcluster, engine, secrets
+from provision import dbcluster, engine, secrets
 from provision.inventory import Endpoint
 from provision.roles import db
 from provision.tasks import db_states
 
 JSON = {"Content-Type": "application/json"}
-
-
-def fab(*args: str) -> str:
-    res = subprocess.run(
-        [sys.executable, "-m", "fabric", *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    return res.stdout
 
 
 @pytest.fixture

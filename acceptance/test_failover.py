@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from acceptance.conftest import TOPOLOGY
+from acceptance.conftest import TOPOLOGY, fab
 from acceptance.drill import JSON, Writer
 from acceptance.site import request
 from provision import PROJECT_ROOT, dbcluster, engine
 from provision.inventory import Endpoint
 from provision.tasks import db_states
-
-
-def fab(*args: str) -> str:
-    res = subprocess.run(
-        [sys.executable, "-m", "fabric", *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    return res.stdout
 
 
 class _Conn(engine.Remote):
@@ -49,6 +39,15 @@ def _remote(endpoints: dict[str, Endpoint], name: str) -> _Conn:
 def _semisync(r: engine.Remote) -> dict[str, str]:
     rows = dbcluster.mysql(r, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%';")
     return {row[0]: row[1] for row in rows if len(row) == 2}
+
+
+def _read_only_when_back(r: engine.Remote, name: str, limit: float = 60) -> bool:
+    """Wait for a node's MariaDB to answer again (it restarts by itself); is it fenced?"""
+    deadline = time.monotonic() + limit
+    while not (rows := dbcluster.mysql(r, "SELECT @@read_only;", check=False)):
+        assert time.monotonic() < deadline, f"{name}'s MariaDB did not come back"
+        time.sleep(0.5)
+    return rows == [["1"]]
 
 
 def _present_once(r: engine.Remote, acked: dict[str, int]) -> list[str]:
@@ -115,14 +114,7 @@ def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, En
     # The old primary came back on its own, fenced: it refuses writes.
     old_r.close()
     old_r = _remote(endpoints, old)
-    deadline = time.monotonic() + 30
-    while True:
-        rows = dbcluster.mysql(old_r, "SELECT @@read_only;", check=False)
-        if rows:
-            break
-        assert time.monotonic() < deadline, f"{old}'s MariaDB did not come back"
-        time.sleep(0.5)
-    assert rows == [["1"]]
+    assert _read_only_when_back(old_r, old)
     fab("db.rejoin", "--host", old)
     rejoined = db_states(TOPOLOGY, endpoints)[old]
     assert (rejoined.role, rejoined.io_running, rejoined.sql_running) == ("replica", "Yes", "Yes")
@@ -217,12 +209,8 @@ def test_automatic_failover_keeps_the_service_answering_and_loses_nothing(
     assert events and events[-1]["new"] == new
     if fault == "stop-machine":
         subprocess.run(["vagrant", "up", old], cwd=PROJECT_ROOT, capture_output=True, check=True)
-    with _remote(endpoints, old) as r:  # back, by itself, fenced
-        deadline = time.monotonic() + 60
-        while not (rows := dbcluster.mysql(r, "SELECT @@read_only;", check=False)):
-            assert time.monotonic() < deadline, f"{old}'s MariaDB did not come back"
-            time.sleep(0.5)
-        assert rows == [["1"]]
+    with _remote(endpoints, old) as r:
+        assert _read_only_when_back(r, old)
     fab("deploy", "--option", "auto_failover=true", "--only", old)  # rejoins it as a replica
     assert db_states(TOPOLOGY, endpoints)[old].role == "replica"
 

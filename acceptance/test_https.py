@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import shlex
 import ssl
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY
+from acceptance.conftest import TOPOLOGY, fab
 from acceptance.site import (
     HTTPS_PORT,
     LB,
@@ -23,7 +20,7 @@ from acceptance.site import (
     request,
     tls_socket,
 )
-from provision import PROJECT_ROOT, secrets
+from provision import secrets
 
 
 @pytest.mark.parametrize("name", TOPOLOGY.site.names)
@@ -158,14 +155,14 @@ def _serial() -> int:
     return int(x509.load_der_x509_certificate(der).serial_number)
 
 
-def test_renewing_the_certificate_drops_no_request(run_fab: Callable[..., str]) -> None:
+def test_renewing_the_certificate_drops_no_request() -> None:
     before = _serial()
     stop, failures, count = threading.Event(), [], [0]
     worker = threading.Thread(target=_hammer, args=(stop, failures, count))
     worker.start()
     try:
         time.sleep(1)
-        run_fab("tls.renew")
+        fab("tls.renew")
         time.sleep(2)
     finally:
         stop.set()
@@ -173,19 +170,3 @@ def test_renewing_the_certificate_drops_no_request(run_fab: Callable[..., str]) 
     assert _serial() != before
     assert count[0] > 10
     assert failures == []
-
-
-@pytest.fixture
-def run_fab() -> Callable[..., str]:
-    def run(*args: str) -> str:
-        res = subprocess.run(
-            [sys.executable, "-m", "fabric", *args],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-        return res.stdout
-
-    return run

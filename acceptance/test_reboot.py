@@ -6,12 +6,11 @@ Disruptive: it restarts web2, so conftest runs it after every other test.
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY
+from acceptance.conftest import TOPOLOGY, fab
 from provision import PROJECT_ROOT
 
 RULES = "iptables -S; ip6tables -S"
@@ -35,9 +34,4 @@ def test_firewall_rules_are_unchanged_after_vagrant_reload(
         assert TOPOLOGY.hosts[name].name == fresh.check_output("hostname")
     finally:
         # Docker rewrites /etc/hosts on restart; put the machine back as deployed.
-        subprocess.run(
-            [sys.executable, "-m", "fabric", "deploy", "--only", name],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            check=False,
-        )
+        fab("deploy", "--only", name)

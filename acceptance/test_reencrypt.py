@@ -6,8 +6,6 @@ Disruptive: it redeploys with `--option reencrypt=true` and back, so it runs las
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,22 +13,10 @@ from collections.abc import Iterator
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY
+from acceptance.conftest import TOPOLOGY, fab
 from acceptance.site import request
-from provision import PROJECT_ROOT
 
 WEB = "web1"
-
-
-def _fab_deploy(*args: str) -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "fabric", "deploy", *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
 
 
 def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
@@ -66,11 +52,11 @@ def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
 
 @pytest.fixture
 def reencrypted() -> Iterator[None]:
-    _fab_deploy("--option", "reencrypt=true")
+    fab("deploy", "--option", "reencrypt=true")
     try:
         yield
     finally:
-        _fab_deploy()
+        fab("deploy")
 
 
 @pytest.mark.disruptive
