@@ -18,7 +18,7 @@ SERVICES_BY_ROLE: dict[str, tuple[str, ...]] = {
     "app": ("testbed-app", "db-writer"),
     "db-primary": ("mariadb", "dbcheck"),
     "db-replica": ("mariadb", "dbcheck"),
-    "monitor": ("prometheus", "prometheus-alertmanager"),
+    "monitor": ("prometheus", "prometheus-alertmanager", "alert-receiver"),
     "client": (),
 }
 """The units a host of each role should run once every issue's roles are deployed."""
@@ -135,6 +135,10 @@ def endpoint_lines(topo: topology.Topology) -> list[str]:
     for host in topo:
         for guest, local in host.forward.items():
             if host.has_role("lb") and guest in (80, 443):
+                continue
+            if host.has_role("monitor") and guest == 9090:
+                lines.append(f"  Dashboard:      http://127.0.0.1:{local}/consoles/testbed.html")
+                lines.append(f"  Prometheus:     http://127.0.0.1:{local}/   (alerts: /alerts)")
                 continue
             lines.append(f"  {host.name} port {guest}: http://127.0.0.1:{local}/")
     lines.append("  SSH:            vagrant ssh <host>   (hosts: " + ", ".join(topo.hosts) + ")")

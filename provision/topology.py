@@ -39,12 +39,22 @@ ROLES: dict[str, str] = {
 }
 """Every role a host may carry, mapped to the tier it is deployed in."""
 
-TIER_ORDER: tuple[str, ...] = ("common", "db", "replication", "app", "web", "lb", "monitor")
+TIER_ORDER: tuple[str, ...] = (
+    "common",
+    "db",
+    "replication",
+    "app",
+    "web",
+    "lb",
+    "monitor",
+    "agent",
+)
 """Deploy order: every host gets `common` first, then each tier in turn. `replication`
 runs on the db hosts once every one of them is configured (a replica is seeded from a
-primary that is already set up)."""
+primary that is already set up). `agent` (monitoring) runs on every host last, when the
+exporters it reads and the monitor it pushes to exist."""
 
-TIER_HOSTS = {"replication": "db"}
+TIER_HOSTS = {"replication": "db", "agent": "common"}
 """Tiers that run on the hosts of another tier."""
 
 PROTOCOLS = ("tcp", "udp")
@@ -151,9 +161,9 @@ class Topology:
         return [h for h in self if h.has_role(role)]
 
     def in_tier(self, tier: str) -> list[Host]:
+        tier = TIER_HOSTS.get(tier, tier)
         if tier == "common":
             return list(self)
-        tier = TIER_HOSTS.get(tier, tier)
         return [h for h in self if tier in h.tiers]
 
     def shared_networks(self, a: Host, b: Host) -> list[str]:

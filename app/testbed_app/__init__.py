@@ -11,10 +11,19 @@ import configparser
 import html
 import os
 import socket
+import time
 from typing import Any
 
 import mysql.connector
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from werkzeug.exceptions import HTTPException
 
 CONFIG = os.environ.get("TESTBED_APP_CONFIG", "/etc/testbed-app/app.ini")
@@ -27,6 +36,43 @@ MAX_LIMIT = 100
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 SERVER = socket.gethostname()
+
+# Metrics by route (the URL rule, not the raw path, so ids do not explode the series) and
+# status. gunicorn runs several worker processes: prometheus_client's multiprocess mode
+# sums them (PROMETHEUS_MULTIPROC_DIR, a fresh directory at each start of the unit).
+REQUESTS = Counter("testbed_app_requests_total", "Requests served", ["route", "method", "status"])
+LATENCY = Histogram(
+    "testbed_app_request_seconds",
+    "Time to serve a request",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+@app.before_request
+def start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+@app.after_request
+def count(response: Response) -> Response:
+    route = request.url_rule.rule if request.url_rule else "unknown"
+    if route != "/metrics":
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        LATENCY.labels(route, request.method).observe(elapsed)
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    return response
+
+
+@app.get("/metrics")
+def metrics() -> Response:
+    """For the monitoring agent on this host (nginx does not pass /metrics through)."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY as registry  # noqa: N811 - single process
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
 def _settings() -> dict[str, Any]:

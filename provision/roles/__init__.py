@@ -7,7 +7,7 @@ list of steps that host needs, and the handlers those steps may notify.
 from __future__ import annotations
 
 from provision.engine import Role
-from provision.roles import app, common, db, dbwatch, firewall, lb, web
+from provision.roles import agent, app, common, db, dbwatch, firewall, lb, monitor, web
 
 ALL_ROLES: tuple[Role, ...] = (
     common.ROLE,
@@ -18,5 +18,7 @@ ALL_ROLES: tuple[Role, ...] = (
     web.ROLE,
     lb.ROLE,
     dbwatch.ROLE,
+    monitor.ROLE,
+    agent.ROLE,
 )
 """Every role the deploy runs, each tagged with the tier it belongs to."""

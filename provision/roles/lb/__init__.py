@@ -80,6 +80,7 @@ def steps(ctx: HostContext) -> list[Step]:
         backends=backends,
         reencrypt=reencrypt,
         stats_bind=f"{stats_address}:{STATS_PORT}",
+        stats_port=STATS_PORT,
         http_request_timeout=HTTP_REQUEST_TIMEOUT,
     )
     return [

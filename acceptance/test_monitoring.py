@@ -1,0 +1,189 @@
+"""Monitoring: every host and exporter reports, the QPS Prometheus reports matches the load,
+and failures raise alerts at the recorder.
+
+Prometheus is queried on the host's loopback (the monitor's 9090 is forwarded there); the
+alert recorder is read on the monitor over SSH. Load comes from Locust on the host, aimed
+at 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from acceptance.conftest import TOPOLOGY
+from provision import PROJECT_ROOT, monitoring
+from provision.roles.monitor import RECEIVER
+
+MONITOR = monitoring.monitor_host(TOPOLOGY)
+assert MONITOR is not None
+PROMETHEUS = f"http://127.0.0.1:{MONITOR.forward[monitoring.PROMETHEUS_PORT]}"
+TARGETS = [
+    (h.name, t.job) for h in monitoring.reporting_hosts(TOPOLOGY) for t in monitoring.targets(h)
+] + [(MONITOR.name, "prometheus"), (MONITOR.name, "alertmanager")]
+
+
+def query(expr: str, at: float | None = None) -> list[dict[str, object]]:
+    params = {"query": expr, **({"time": f"{at:.3f}"} if at else {})}
+    url = f"{PROMETHEUS}/api/v1/query?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as res:
+        body = json.loads(res.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]  # type: ignore[no-any-return]
+
+
+def scalar(expr: str, at: float | None = None) -> float:
+    result = query(expr, at)
+    assert result, f"no data for {expr}"
+    return float(result[0]["value"][1])  # type: ignore[index]
+
+
+def eventually(check: object, limit: float = 60, every: float = 1) -> object:
+    deadline = time.monotonic() + limit
+    while True:
+        value = check()  # type: ignore[operator]
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+@pytest.mark.parametrize("host,job", TARGETS, ids=[f"{h}-{j}" for h, j in TARGETS])
+def test_every_host_and_exporter_reports_up(host: str, job: str) -> None:
+    def up() -> bool:
+        result = query(f'up{{host="{host}", job="{job}"}}')
+        return bool(result) and result[0]["value"][1] == "1"  # type: ignore[index]
+
+    assert eventually(up), f"up{{host={host}, job={job}}} is not 1"
+
+
+def test_every_series_carries_host_and_role_labels() -> None:
+    assert query('count(up{host=""}) or count(up{role=""})') == []
+    assert scalar("count(up)") >= len(TARGETS)
+
+
+def _locust_run(tmp: Path, users: int, rate: float, seconds: int) -> int:
+    """A fixed-rate headless Locust run; the number of requests it made."""
+    prefix = tmp / "run"
+    env = dict(os.environ, LOAD_RATE=str(rate))
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "locust"), "-f", "loadtests/qps.py", "--headless",
+         "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--csv", str(prefix),
+         "--max-p95-ms", "5000", "--only-summary"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    with open(f"{prefix}_stats.csv") as f:
+        total = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    assert total["Failure Count"] == "0"
+    return int(total["Request Count"])
+
+
+def test_the_qps_prometheus_reports_matches_a_fixed_rate_locust_run(tmp_path: Path) -> None:
+    site = 'sum(haproxy_frontend_http_requests_total{proxy="https"})'
+    servers = 'sum(haproxy_server_http_responses_total{proxy="web"})'
+    time.sleep(6)  # a scrape after any earlier traffic: the counters are flat now
+    start = time.time()
+    site_before, servers_before = scalar(site, start), scalar(servers, start)
+    requests = _locust_run(tmp_path, users=10, rate=2.0, seconds=60)
+    end = time.time()
+    time.sleep(12)  # the agents scrape every 5 s and push within a second
+    site_count = scalar(site, end + 11) - site_before
+    servers_count = scalar(servers, end + 11) - servers_before
+    print(
+        f"\nLocust: {requests} requests in 60 s ({requests / 60:.2f}/s); Prometheus: "
+        f"site {site_count:.0f} ({site_count / 60:.2f}/s), servers {servers_count:.0f}"
+    )
+    assert abs(site_count - requests) <= 0.05 * requests
+    assert abs(servers_count - site_count) <= 0.01 * site_count + 1
+    # The recorded QPS (a rate over 30 s) says the same once its window is inside the run.
+    recorded = scalar("avg_over_time(testbed:site_qps[20s])", end - 2)
+    assert abs(recorded - requests / 60) <= 0.10 * requests / 60, recorded
+
+
+def _alerts(machine: testinfra.host.Host) -> list[dict[str, object]]:
+    return json.loads(machine.check_output(f"curl -s http://{RECEIVER}/alerts"))  # type: ignore[no-any-return]
+
+
+def _wait_alert(
+    machine: testinfra.host.Host,
+    name: str,
+    status: str,
+    since: float,
+    limit: float = 120,
+    **labels: str,
+) -> float:
+    """Seconds from `since` (epoch) until the recorder got `name` with `status`."""
+
+    def find() -> float | None:
+        for alert in _alerts(machine):
+            al = alert["labels"]  # type: ignore[index]
+            if (
+                al.get("alertname") == name
+                and alert["status"] == status  # type: ignore[union-attr]
+                and all(al.get(k) == v for k, v in labels.items())  # type: ignore[union-attr]
+                and alert["received"] >= since
+            ):  # type: ignore[operator]
+                return float(alert["received"]) - since  # type: ignore[arg-type]
+        return None
+
+    found = eventually(find, limit, 1)
+    assert found is not None, f"{name} {status} {labels} not recorded within {limit} s"
+    return found  # type: ignore[return-value]
+
+
+def test_stopping_a_backend_fires_and_then_resolves_the_backend_down_alert(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    recorder = machines[MONITOR.name]
+    web = TOPOLOGY.with_role("web")[0].name
+    stopped = time.time()
+    machines[web].check_output("systemctl stop nginx")
+    try:
+        fired = _wait_alert(recorder, "BackendDown", "firing", stopped, server=web)
+    finally:
+        started = time.time()
+        machines[web].check_output("systemctl start nginx")
+    resolved = _wait_alert(recorder, "BackendDown", "resolved", started, server=web)
+    print(
+        f"\nBackendDown for {web}: fired {fired:.1f} s after nginx stopped, "
+        f"resolved {resolved:.1f} s after it started"
+    )
+
+
+def test_stopping_replication_fires_the_replication_alert(
+    machines: dict[str, testinfra.host.Host], endpoints: object
+) -> None:
+    from provision.tasks import db_states
+
+    states = db_states(TOPOLOGY, endpoints)  # type: ignore[arg-type]
+    replica = next(n for n, s in states.items() if s.role == "replica")
+    recorder = machines[MONITOR.name]
+    stopped = time.time()
+    machines[replica].check_output("mariadb -e 'STOP SLAVE'")
+    try:
+        fired = _wait_alert(recorder, "ReplicationStopped", "firing", stopped, host=replica)
+    finally:
+        machines[replica].check_output("mariadb -e 'START SLAVE'")
+    print(f"\nReplicationStopped for {replica}: fired {fired:.1f} s after STOP SLAVE")
+
+
+def test_the_dashboard_renders_every_section_with_live_values() -> None:
+    with urllib.request.urlopen(f"{PROMETHEUS}/consoles/testbed.html", timeout=10) as res:
+        assert res.status == 200
+        page = res.read().decode()
+    for section in ("Site", "Servers", "Database", "Active alerts"):
+        assert f"<h2>{section}</h2>" in page
+    for host in monitoring.reporting_hosts(TOPOLOGY):
+        assert f"<td>{host.name}</td>" in page
+    assert "req/s" in page
+    assert "error executing template" not in page

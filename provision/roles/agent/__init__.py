@@ -1,0 +1,154 @@
+"""The `agent` role: the monitoring agent on every host that can reach the monitor.
+
+node_exporter plus the exporters of the host's roles, all on loopback, and Prometheus in
+agent mode scraping them and pushing (remote_write) to the monitor: like a Datadog
+agent, a host only makes outbound connections. Every series carries `host` and `role`.
+The monitor host itself is scraped by the central Prometheus directly (`monitor` role).
+"""
+
+from __future__ import annotations
+
+from provision import monitoring, secrets
+from provision.engine import (
+    File,
+    HostContext,
+    Packages,
+    Role,
+    Service,
+    Step,
+    render,
+    restart_handler,
+)
+
+NODE_TEXTFILES = "/var/lib/prometheus/node-exporter"
+
+
+def _default(args: str) -> str:
+    return f'ARGS="{args}"\n'
+
+
+def steps(ctx: HostContext) -> list[Step]:
+    topo, host = ctx.topology, ctx.host
+    if host not in monitoring.reporting_hosts(topo):
+        return []
+    result: list[Step] = [
+        Packages(("prometheus-node-exporter",), name="Ensure node_exporter is installed."),
+        File(
+            "/etc/default/prometheus-node-exporter",
+            "# Managed by webinfra-testbed (provision/roles/agent); local edits are overwritten.\n"
+            + _default(
+                f"--web.listen-address=127.0.0.1:9100 "
+                f"--collector.textfile.directory={NODE_TEXTFILES}"
+            ),
+            notify=["restart prometheus-node-exporter"],
+            name="Ensure node_exporter listens on loopback only.",
+        ),
+        Service("prometheus-node-exporter", name="Ensure node_exporter is running."),
+    ]
+    if host.has_role("lb"):
+        from provision.roles import lb
+
+        cert = lb.site_certificate(topo).cert
+        result.append(
+            File(
+                f"{NODE_TEXTFILES}/tls.prom",
+                "# Managed by webinfra-testbed: the site certificate's expiry, for the alert.\n"
+                "# TYPE testbed_tls_certificate_not_after_seconds gauge\n"
+                f'testbed_tls_certificate_not_after_seconds{{name="{topo.site.name}"}} '
+                f"{int(cert.not_valid_after_utc.timestamp())}\n",
+                name="Ensure the certificate's expiry is exported.",
+            )
+        )
+    if host.has_role("web"):
+        from provision.roles import web
+
+        result += [
+            Packages(
+                ("prometheus-nginx-exporter",), name="Ensure the nginx exporter is installed."
+            ),
+            File(
+                "/etc/default/prometheus-nginx-exporter",
+                "# Managed by webinfra-testbed (provision/roles/agent).\n"
+                + _default(
+                    f"-nginx.scrape-uri=http://{web.STATUS_LISTEN}/nginx_status "
+                    "-web.listen-address=127.0.0.1:9113"
+                ),
+                notify=["restart prometheus-nginx-exporter"],
+                name="Ensure the nginx exporter reads stub_status on loopback.",
+            ),
+            Service("prometheus-nginx-exporter", name="Ensure the nginx exporter is running."),
+        ]
+    if host.has_role("db-primary") or host.has_role("db-replica"):
+        result += [
+            Packages(
+                ("prometheus-mysqld-exporter",), name="Ensure the mysqld exporter is installed."
+            ),
+            File(
+                "/etc/prometheus/mysqld-exporter.cnf",
+                "# Managed by webinfra-testbed (provision/roles/agent).\n[client]\nuser = monitor\n"
+                f"password = {secrets.password('db-monitor')}\n"
+                "socket = /run/mysqld/mysqld.sock\n",
+                mode="0640",
+                owner="root",
+                group="prometheus",
+                secret=True,
+                notify=["restart prometheus-mysqld-exporter"],
+                name="Ensure the mysqld exporter's credentials are in place (0640).",
+            ),
+            File(
+                "/etc/default/prometheus-mysqld-exporter",
+                "# Managed by webinfra-testbed (provision/roles/agent).\n"
+                + _default(
+                    "--config.my-cnf=/etc/prometheus/mysqld-exporter.cnf "
+                    "--web.listen-address=127.0.0.1:9104 --collect.slave_status"
+                ),
+                notify=["restart prometheus-mysqld-exporter"],
+                name="Ensure the mysqld exporter listens on loopback only.",
+            ),
+            Service("prometheus-mysqld-exporter", name="Ensure the mysqld exporter is running."),
+        ]
+    if host is monitoring.monitor_host(topo):
+        return result  # the central Prometheus scrapes this host itself
+    result += [
+        Packages(("prometheus",), name="Ensure Prometheus (the agent) is installed."),
+        File(
+            "/etc/prometheus/prometheus.yml",
+            render(
+                "agent",
+                "prometheus-agent.yml.j2",
+                host=host,
+                targets=monitoring.targets(host),
+                interval=monitoring.SCRAPE_INTERVAL,
+                remote_write=monitoring.remote_write_url(topo, host),
+            ),
+            validate="promtool check config --agent {path}",
+            notify=["restart prometheus"],
+            name="Ensure the agent scrapes this host's exporters and pushes to the monitor.",
+        ),
+        File(
+            "/etc/default/prometheus",
+            "# Managed by webinfra-testbed (provision/roles/agent).\n"
+            + _default(
+                "--enable-feature=agent --config.file=/etc/prometheus/prometheus.yml "
+                f"--web.listen-address={monitoring.AGENT_LISTEN} "
+                "--storage.agent.path=/var/lib/prometheus/agent"
+            ),
+            notify=["restart prometheus"],
+            name="Ensure Prometheus runs in agent mode on loopback.",
+        ),
+        Service("prometheus", name="Ensure the agent is running."),
+    ]
+    return result
+
+
+ROLE = Role(
+    "agent",
+    "agent",
+    steps,
+    handlers=[
+        restart_handler("prometheus-node-exporter"),
+        restart_handler("prometheus-nginx-exporter"),
+        restart_handler("prometheus-mysqld-exporter"),
+        restart_handler("prometheus"),
+    ],
+)

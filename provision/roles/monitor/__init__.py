@@ -1,0 +1,149 @@
+"""The `monitor` role: central Prometheus, Alertmanager, the alert recorder, the dashboard.
+
+Prometheus (Debian's 2.42) receives the agents' samples (remote write), scrapes this
+host's own exporters, keeps a day of data, evaluates the recording and alerting rules
+(templates/rules.yml.j2) and sends alerts to Alertmanager, which sends them to the
+alert recorder (files/alert-receiver.py). The dashboard is a Prometheus console
+template, /consoles/testbed.html.
+"""
+
+from __future__ import annotations
+
+from provision import PROJECT_ROOT, monitoring
+from provision.engine import (
+    Command,
+    File,
+    HostContext,
+    Packages,
+    Role,
+    Service,
+    Step,
+    reload_handler,
+    render,
+    restart_handler,
+)
+from provision.roles import db
+
+RETENTION = "1d"
+RECEIVER = "127.0.0.1:9095"
+RECEIVER_SCRIPT = "/usr/local/lib/webinfra-testbed/alert-receiver.py"
+EXAMPLES = "/usr/share/doc/prometheus/examples"
+
+
+def _default(args: str) -> str:
+    return f'# Managed by webinfra-testbed (provision/roles/monitor).\nARGS="{args}"\n'
+
+
+def steps(ctx: HostContext) -> list[Step]:
+    topo, host = ctx.topology, ctx.host
+    return [
+        Packages(
+            ("prometheus", "prometheus-alertmanager"),
+            name="Ensure Prometheus and Alertmanager are installed.",
+        ),
+        Command(
+            "Ensure the console libraries the dashboard needs are in place.",
+            check="[ -f /etc/prometheus/console_libraries/prom.lib ]",
+            run=f"cp {EXAMPLES}/console_libraries/*.lib /etc/prometheus/console_libraries/",
+        ),
+        File(
+            "/etc/prometheus/rules/testbed.yml",
+            render(
+                "monitor",
+                "rules.yml.j2",
+                hosts=monitoring.reporting_hosts(topo),
+                window="30s",
+            ),
+            validate="promtool check rules {path}",
+            notify=["reload prometheus"],
+            name="Ensure the recording and alerting rules are up to date.",
+        ),
+        File(
+            "/etc/prometheus/prometheus.yml",
+            render(
+                "monitor",
+                "prometheus.yml.j2",
+                host=host,
+                targets=monitoring.targets(host),
+                interval=monitoring.SCRAPE_INTERVAL,
+            ),
+            validate="promtool check config --syntax-only {path}",
+            notify=["reload prometheus"],
+            name="Ensure the central Prometheus config is up to date.",
+        ),
+        File(
+            "/etc/prometheus/consoles/testbed.html",
+            render(
+                "monitor",
+                "testbed.html.j2",
+                comment="{{/*",
+                hosts=list(topo),
+                db_hosts=db.db_hosts(topo),
+            ).replace("local edits are overwritten.\n", "local edits are overwritten. */}}\n", 1),
+            name="Ensure the dashboard is up to date.",
+        ),
+        File(
+            "/etc/default/prometheus",
+            _default(
+                "--config.file=/etc/prometheus/prometheus.yml "
+                f"--web.listen-address=0.0.0.0:{monitoring.PROMETHEUS_PORT} "
+                "--web.enable-remote-write-receiver "
+                f"--storage.tsdb.retention.time={RETENTION} "
+                "--web.console.templates=/etc/prometheus/consoles "
+                "--web.console.libraries=/etc/prometheus/console_libraries"
+            ),
+            notify=["restart prometheus"],
+            name="Ensure Prometheus receives remote writes and keeps a day of data.",
+        ),
+        Service("prometheus", name="Ensure Prometheus is running."),
+        File(
+            "/etc/prometheus/alertmanager.yml",
+            render("monitor", "alertmanager.yml.j2", receiver=RECEIVER),
+            validate="amtool check-config {path}",
+            notify=["restart prometheus-alertmanager"],
+            name="Ensure Alertmanager sends every alert to the recorder.",
+        ),
+        File(
+            "/etc/default/prometheus-alertmanager",
+            _default(
+                "--config.file=/etc/prometheus/alertmanager.yml "
+                "--web.listen-address=127.0.0.1:9093 --cluster.listen-address="
+            ),
+            notify=["restart prometheus-alertmanager"],
+            name="Ensure Alertmanager listens on loopback, without clustering.",
+        ),
+        Service("prometheus-alertmanager", name="Ensure Alertmanager is running."),
+        File(
+            RECEIVER_SCRIPT,
+            (PROJECT_ROOT / "provision/roles/monitor/files/alert-receiver.py").read_text(),
+            mode="0755",
+            notify=["restart alert-receiver"],
+            name="Ensure the alert recorder is installed.",
+        ),
+        File(
+            "/etc/systemd/system/alert-receiver.service",
+            render(
+                "monitor",
+                "alert-receiver.service.j2",
+                script=RECEIVER_SCRIPT,
+                listen=RECEIVER.split(":")[0],
+                port=RECEIVER.split(":")[1],
+            ),
+            notify=["restart alert-receiver"],
+            name="Ensure the alert recorder's unit is up to date.",
+        ),
+        Service("alert-receiver", name="Ensure the alert recorder is running."),
+    ]
+
+
+ROLE = Role(
+    "monitor",
+    "monitor",
+    steps,
+    handlers=[
+        restart_handler("prometheus"),
+        reload_handler("prometheus"),
+        restart_handler("prometheus-alertmanager"),
+        restart_handler("alert-receiver"),
+    ],
+)
