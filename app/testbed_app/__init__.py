@@ -44,7 +44,7 @@ REQUESTS = Counter("testbed_app_requests_total", "Requests served", ["route", "m
 LATENCY = Histogram(
     "testbed_app_request_seconds",
     "Time to serve a request",
-    ["route", "method"],
+    ["route", "method", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
@@ -59,7 +59,7 @@ def count(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule else "unknown"
     if route != "/metrics":
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        LATENCY.labels(route, request.method).observe(elapsed)
+        LATENCY.labels(route, request.method, str(response.status_code)).observe(elapsed)
         REQUESTS.labels(route, request.method, str(response.status_code)).inc()
     return response
 
