@@ -81,18 +81,31 @@ def test_every_replica_replicates_with_gtid(
 def test_semi_sync_is_on_at_both_ends(
     states: dict[str, dbcluster.NodeState], replicas: list[str], primary: str, remote: Opener
 ) -> None:
-    # The primary's status turns ON at the first commit a replica acknowledges (after a
-    # quiet spell, or a replica's reconnection, it reads OFF until then): write, then look.
     r = remote(primary)
-    before = dict(dbcluster.mysql(r, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_yes_tx';"))
-    for _ in range(3):
+
+    def status() -> dict[str, str]:
+        return dict(dbcluster.mysql(r, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%';"))
+
+    def write() -> None:
         assert request("POST", "/api/notes", json.dumps({"text": "semi-sync"}), JSON).status == 201
-    status = dict(dbcluster.mysql(r, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%';"))
-    assert status["Rpl_semi_sync_master_status"] == "ON"
-    assert status["Rpl_semi_sync_master_clients"] == str(len(replicas))
+
+    # After a quiet spell or a replica's (re)connection the primary reads OFF, and its next
+    # commit goes out asynchronously; the replica's acknowledgement of it turns semi-sync
+    # back ON. So: write until it is ON, then every further commit must be acknowledged.
+    deadline = time.monotonic() + 15
+    while status()["Rpl_semi_sync_master_status"] != "ON":
+        assert time.monotonic() < deadline, "semi-sync never came on"
+        write()
+    before = status()
+    for _ in range(3):
+        write()
+    after = status()
+    assert after["Rpl_semi_sync_master_status"] == "ON"
+    assert after["Rpl_semi_sync_master_clients"] == str(len(replicas))
     assert (
-        int(status["Rpl_semi_sync_master_yes_tx"]) >= int(before["Rpl_semi_sync_master_yes_tx"]) + 3
-    ), "the writes were not acknowledged by a replica"
+        int(after["Rpl_semi_sync_master_yes_tx"]) == int(before["Rpl_semi_sync_master_yes_tx"]) + 3
+    )
+    assert after["Rpl_semi_sync_master_no_tx"] == before["Rpl_semi_sync_master_no_tx"]
     for name in replicas:
         assert states[name].semisync_slave == "ON"
 
