@@ -8,10 +8,13 @@ backends' certificates (used when re-encryption is on).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import secrets as pysecrets
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +40,40 @@ def _dir(base: Path | None = None) -> Path:
     return path
 
 
+_LOCK = threading.RLock()
+"""The deploy plans hosts in parallel threads: two of them must never generate the same
+secret twice (each would push its own value)."""
+
+
 def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Replace `path` atomically with `data`, mode 0600 (a private temporary file first)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as out:
         out.write(data)
-    tmp.replace(path)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _create_once(path: Path, data: bytes) -> None:
+    """Create `path` with `data` unless it exists: another process may win, never both."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o600)
+        with contextlib.suppress(FileExistsError):  # another process created it first
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 def password(name: str, base: Path | None = None) -> str:
     """A password generated once and kept; the same on every later call."""
     path = _dir(base) / f"{name}.password"
-    if not path.exists():
-        _write(path, pysecrets.token_urlsafe(24).encode())
-    return path.read_text().strip()
+    with _LOCK:
+        if not path.exists():
+            _create_once(path, pysecrets.token_urlsafe(24).encode())
+        return path.read_text().strip()
 
 
 @dataclass(frozen=True)
@@ -86,6 +109,11 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def ca(base: Path | None = None) -> KeyPair:
     """The testbed CA, created on first use."""
+    with _LOCK:
+        return _ca(base)
+
+
+def _ca(base: Path | None = None) -> KeyPair:
     d = _dir(base)
     key_path, cert_path = d / "ca.key", d / "ca.crt"
     if key_path.exists() and cert_path.exists():
@@ -143,6 +171,11 @@ def leaf(
     Issued again when asked (`renew`), when its names change, or when it expires
     within RENEW_BEFORE_DAYS.
     """
+    with _LOCK:
+        return _leaf(name, dns, ips, base, renew)
+
+
+def _leaf(name: str, dns: list[str], ips: list[str], base: Path | None, renew: bool) -> KeyPair:
     d = _dir(base)
     key_path, cert_path = d / f"{name}.key", d / f"{name}.crt"
     wanted = set(dns) | {str(ipaddress.ip_address(i)) for i in ips}
