@@ -19,6 +19,7 @@ from provision.roles import db
 from provision.tasks import db_states
 
 JSON = {"Content-Type": "application/json"}
+DB_PORT = next(f.port for f in TOPOLOGY.flows if f.source == "app" and f.dest == "db-primary")
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_the_app_user_cannot_reach_the_database_from_outside_the_app_hosts(
 ) -> None:
     for address in TOPOLOGY.hosts[primary].addresses.values():
         out = machines[source].check_output(
-            f"printf %s {shlex.quote(f'{address} 3306')} | python3 -c "
+            f"printf %s {shlex.quote(f'{address} {DB_PORT}')} | python3 -c "
             + shlex.quote(probe_script(1.0))
         )
         assert out.endswith("filtered"), out

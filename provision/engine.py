@@ -340,6 +340,27 @@ class FlushHandlers(Step):
         return OK
 
 
+def system_user(name: str, home: str | None = None) -> Command:
+    """A system account with no login shell, for a service to run as."""
+    where = f"--home-dir {home}" if home else "--no-create-home"
+    return Command(
+        f"Ensure the {name} system user exists.",
+        check=f"id -u {name} >/dev/null 2>&1",
+        run=f"useradd --system {where} --shell /usr/sbin/nologin {name}",
+    )
+
+
+def role_script(role: str, filename: str, dest: str, service: str, name: str) -> File:
+    """A script shipped from provision/roles/<role>/files/, restarting `service` on change."""
+    return File(
+        dest,
+        (ROLES_DIR / role / "files" / filename).read_text(),
+        mode="0755",
+        notify=[f"restart {service}"],
+        name=name,
+    )
+
+
 @dataclass
 class Handler:
     """What a notified name does: run once per role, after its steps, if notified."""

@@ -25,6 +25,7 @@ from provision.engine import (
     StepError,
     render,
     restart_handler,
+    system_user,
 )
 from provision.roles import db
 
@@ -88,11 +89,7 @@ def steps(ctx: HostContext) -> list[Step]:
             ("python3-flask", "gunicorn", "python3-venv", "python3-prometheus-client"),
             name="Ensure Flask, gunicorn and the venv tools are installed.",
         ),
-        Command(
-            "Ensure the testbed-app system user exists.",
-            check="id -u testbed-app >/dev/null 2>&1",
-            run=f"useradd --system --home-dir {HOME} --shell /usr/sbin/nologin testbed-app",
-        ),
+        system_user("testbed-app", HOME),
         File(
             f"{HOME}/wheels/{wheel.name}",
             wheel.read_bytes(),

@@ -30,6 +30,8 @@ from provision.engine import (
     StepError,
     render,
     restart_handler,
+    role_script,
+    system_user,
 )
 from provision.topology import Host, Topology
 
@@ -201,17 +203,9 @@ def steps(ctx: HostContext) -> list[Step]:
             )
         )
     result += [
-        Command(
-            "Ensure the dbcheck system user exists.",
-            check="id -u dbcheck >/dev/null 2>&1",
-            run="useradd --system --no-create-home --shell /usr/sbin/nologin dbcheck",
-        ),
-        File(
-            DBCHECK,
-            (PROJECT_ROOT / "provision" / "roles" / "db" / "files" / "dbcheck.py").read_text(),
-            mode="0755",
-            notify=["restart dbcheck"],
-            name="Ensure the writability check is installed.",
+        system_user("dbcheck"),
+        role_script(
+            "db", "dbcheck.py", DBCHECK, "dbcheck", "Ensure the writability check is installed."
         ),
         File(
             "/etc/systemd/system/dbcheck.service",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from provision import PROJECT_ROOT, secrets
+from provision import secrets
 from provision.engine import (
     Command,
     File,
@@ -20,6 +20,8 @@ from provision.engine import (
     Step,
     render,
     restart_handler,
+    role_script,
+    system_user,
 )
 from provision.roles import db
 
@@ -53,17 +55,13 @@ def steps(ctx: HostContext) -> list[Step]:
     }
     return [
         Packages(("mariadb-client",), name="Ensure the MariaDB client is installed."),
-        Command(
-            "Ensure the dbwatch system user exists.",
-            check="id -u dbwatch >/dev/null 2>&1",
-            run="useradd --system --no-create-home --shell /usr/sbin/nologin dbwatch",
-        ),
-        File(
+        system_user("dbwatch"),
+        role_script(
+            "dbwatch",
+            "dbwatch.py",
             SCRIPT,
-            (PROJECT_ROOT / "provision/roles/dbwatch/files/dbwatch.py").read_text(),
-            mode="0755",
-            notify=["restart dbwatch"],
-            name="Ensure the failover controller is installed.",
+            "dbwatch",
+            "Ensure the failover controller is installed.",
         ),
         File(
             CONFIG,

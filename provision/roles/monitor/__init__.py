@@ -9,7 +9,7 @@ template, /consoles/testbed.html.
 
 from __future__ import annotations
 
-from provision import PROJECT_ROOT, monitoring
+from provision import monitoring
 from provision.engine import (
     Command,
     File,
@@ -21,6 +21,7 @@ from provision.engine import (
     reload_handler,
     render,
     restart_handler,
+    role_script,
 )
 from provision.roles import db
 
@@ -113,12 +114,12 @@ def steps(ctx: HostContext) -> list[Step]:
             name="Ensure Alertmanager listens on loopback, without clustering.",
         ),
         Service("prometheus-alertmanager", name="Ensure Alertmanager is running."),
-        File(
+        role_script(
+            "monitor",
+            "alert-receiver.py",
             RECEIVER_SCRIPT,
-            (PROJECT_ROOT / "provision/roles/monitor/files/alert-receiver.py").read_text(),
-            mode="0755",
-            notify=["restart alert-receiver"],
-            name="Ensure the alert recorder is installed.",
+            "alert-receiver",
+            "Ensure the alert recorder is installed.",
         ),
         File(
             "/etc/systemd/system/alert-receiver.service",
