@@ -14,13 +14,16 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from provision import secrets
 from provision.engine import Remote, StepError
+from provision.inventory import Endpoint
 from provision.topology import Host, Topology
 
 DATABASE = "testbed"
+DB_PORT = 3306
 REPL_USER = "repl"
 CATCH_UP_SECONDS = 30.0
 
@@ -55,6 +58,9 @@ class NodeState:
     gtid_binlog_pos: str = ""
     gtid_slave_pos: str = ""
     gtid_current_pos: str = ""
+    gtid_binlog_state: str = ""
+    fresh: bool = False
+    """MariaDB is not installed yet: a new machine, with nothing to lose."""
     last_error: str = ""
     status: dict[str, str] = field(default_factory=dict)
 
@@ -87,14 +93,16 @@ def read_state(host: Host, remote: Remote | None) -> NodeState:
     try:
         vars_ = mysql(
             remote,
-            "SELECT @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, @@gtid_current_pos;",
+            "SELECT @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, @@gtid_current_pos, "
+            "@@gtid_binlog_state;",
         )
     except StepError as exc:
-        return NodeState(host.name, False, f"MariaDB not answering: {exc}")
-    ro, binlog, slave, current = (vars_[0] + ["", "", "", ""])[:4]
+        fresh = not remote.run("test -d /var/lib/mysql/mysql", check=False).ok
+        return NodeState(host.name, False, f"MariaDB not answering: {exc}", fresh=fresh)
+    ro, binlog, slave, current, bstate = (vars_[0] + [""] * 5)[:5]
     state = NodeState(
         host.name, True, read_only=ro == "1", gtid_binlog_pos=binlog,
-        gtid_slave_pos=slave, gtid_current_pos=current,
+        gtid_slave_pos=slave, gtid_current_pos=current, gtid_binlog_state=bstate,
     )  # fmt: skip
     fields = slave_status(remote)
     state.replicating_from = fields.get("Master_Host", "")
@@ -120,6 +128,81 @@ def discover_primary(topology: Topology, states: Mapping[str, NodeState]) -> str
     if len(unreplicated) == 1:
         return unreplicated[0]
     return topology.with_role("db-primary")[0].name
+
+
+def _gtids(text: str) -> list[tuple[int, int, int]]:
+    out = []
+    for g in text.split(","):
+        parts = g.strip().split("-")
+        if len(parts) == 3 and all(x.isdigit() for x in parts):
+            out.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    return out
+
+
+def missing_from(node: NodeState, other: NodeState) -> list[str]:
+    """GTIDs `node` has that `other` lacks, as ranges ("0-1-51..52"); [] when none.
+
+    With gtid_strict_mode every domain's history is one sequence, so `node` holds nothing
+    `other` lacks when its last transaction of each domain is one `other` has seen: the
+    last sequence number `other` knows for that (domain, server) (its binlog state, or the
+    position it was seeded at) is at least as high.
+    """
+    known: dict[tuple[int, int], int] = {}
+    for d, srv, n in _gtids(other.gtid_binlog_state) + _gtids(other.gtid_slave_pos):
+        known[(d, srv)] = max(known.get((d, srv), 0), n)
+    missing = []
+    for d, srv, n in _gtids(node.gtid_current_pos):
+        have = known.get((d, srv), 0)
+        if n > have:
+            missing.append(f"{d}-{srv}-{have + 1}" + (f"..{n}" if n > have + 1 else ""))
+    return missing
+
+
+def choose_primary(topology: Topology, states: Mapping[str, NodeState]) -> str:
+    """The node a deploy treats as primary; it is made writable only if none is.
+
+    Never a node that could lack acknowledged writes: with no writable node, every db node
+    must be readable (or brand new), and the chosen one must hold every transaction any
+    other holds. Otherwise a StepError says which hosts and what to run.
+    """
+    db_hosts = [h.name for h in topology.in_tier("db")]
+    found = [states[n] for n in db_hosts if n in states]
+    writable = [s.name for s in found if s.reachable and not s.read_only and not s.replicating_from]
+    if len(writable) > 1:
+        raise StepError(
+            f"split brain: {', '.join(writable)} all accept writes. Nothing was changed. "
+            "Fence all but the real primary (`fab db.status` shows their GTIDs) and rebuild "
+            "the others with `fab db.rejoin --host NAME` (it lists what it would discard)."
+        )
+    if writable:
+        return writable[0]
+    down = [s for s in found if not s.reachable and not s.fresh]
+    if down:
+        names = ", ".join(s.name for s in down)
+        raise StepError(
+            f"no database node accepts writes, and {names} cannot be read "
+            f"({'; '.join(s.error[:120] for s in down)}). Making another node writable could "
+            f"lose writes that only {names} acknowledged, so the deploy stops here, "
+            f"changing nothing. Bring {names} back (`vagrant up {down[0].name}`, or "
+            f"`vagrant ssh {down[0].name} -c 'sudo systemctl start mariadb'`) and run "
+            "`fab deploy` again; if it is gone for good, promote explicitly with "
+            "`fab db.failover --force`."
+        )
+    up = [s for s in found if s.reachable]
+    if not up:
+        return topology.with_role("db-primary")[0].name
+    home = topology.with_role("db-primary")[0].name
+    best = max(up, key=lambda s: (s.seq, not s.replicating_from, s.name == home))
+    lacking = {s.name: m for s in up if s is not best and (m := missing_from(s, best))}
+    if lacking:
+        detail = "; ".join(f"{n} has {', '.join(m)}" for n, m in lacking.items())
+        raise StepError(
+            f"no database node accepts writes, and none holds every transaction: {detail}, "
+            f"which {best.name} lacks. The deploy stops here, changing nothing. Decide which "
+            f"history to keep: `fab db.rejoin --host NAME --discard` rebuilds a node from the "
+            "primary and lists what it throws away."
+        )
+    return best.name
 
 
 def repl_password() -> str:
@@ -149,7 +232,7 @@ def seed_replica(replica: Remote, primary_address: str, dump: str, gtid: str) ->
         replica,
         "RESET MASTER;\n"
         f"SET GLOBAL gtid_slave_pos = '{gtid}';\n"
-        f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = 3306, "
+        f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {DB_PORT}, "
         f"MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{repl_password()}', "
         "MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1;\n"
         "START SLAVE;\n",
@@ -229,7 +312,7 @@ def demote_to_replica(node: Remote, primary_address: str) -> None:
     mysql(
         node,
         "SET GLOBAL read_only = ON;\n"
-        f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = 3306, "
+        f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {DB_PORT}, "
         f"MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{repl_password()}', "
         "MASTER_USE_GTID = slave_pos, MASTER_DEMOTE_TO_SLAVE = 1, MASTER_CONNECT_RETRY = 1;\n"
         "START SLAVE;\n",
@@ -238,3 +321,22 @@ def demote_to_replica(node: Remote, primary_address: str) -> None:
 
 def most_advanced(states: Sequence[NodeState]) -> NodeState:
     return max(states, key=lambda s: s.seq)
+
+
+def states(topo: Topology, eps: Mapping[str, Endpoint]) -> dict[str, NodeState]:
+    """Each db host's replication state, read in parallel (DOWN where unreachable)."""
+
+    def one(host: Host) -> NodeState:
+        try:
+            remote = Remote(host, eps[host.name])
+            remote.connect()
+        except Exception as exc:
+            return NodeState(host.name, False, f"SSH: {type(exc).__name__}: {exc}")
+        try:
+            return read_state(host, remote)
+        finally:
+            remote.close()
+
+    hosts = topo.in_tier("db")
+    with ThreadPoolExecutor(max_workers=max(len(hosts), 1)) as pool:
+        return {s.name: s for s in pool.map(one, hosts)}

@@ -43,9 +43,7 @@ def connected(
 
 
 def states(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> dict[str, NodeState]:
-    from provision.tasks import db_states
-
-    return db_states(topo, eps)
+    return dbcluster.states(topo, eps)
 
 
 def status_lines(found: dict[str, NodeState]) -> list[str]:
@@ -147,8 +145,63 @@ def switchover(
     return timeline
 
 
-def failover(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> Timeline:
-    """Unplanned: the primary is dead or fenced; promote the most advanced replica."""
+def _notes_lacking(node: engine.Remote, primary: engine.Remote, limit: int = 200) -> list[str]:
+    """The newest notes on `node` that the primary lacks (id and text), for the operator."""
+    rows = dbcluster.mysql(
+        node, f"SELECT id, text FROM {db.DATABASE}.notes ORDER BY id DESC LIMIT {limit};",
+        check=False,
+    )  # fmt: skip
+    if not rows:
+        return []
+    ids = ",".join(r[0] for r in rows if r and r[0].isdigit())
+    there = {
+        (r[0], r[1] if len(r) > 1 else "")
+        for r in dbcluster.mysql(
+            primary, f"SELECT id, text FROM {db.DATABASE}.notes WHERE id IN ({ids});", check=False
+        )
+    }
+    return [f"note {r[0]}: {r[1][:60]!r}" for r in rows if len(r) > 1 and (r[0], r[1]) not in there]
+
+
+def _fence_old(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], state: NodeState, force: bool
+) -> str:
+    """Make sure a lost primary cannot take writes before another node does (STONITH).
+
+    Reachable over SSH: a MariaDB that answers read-only is fenced already; one that does
+    not answer (stopped, crashed, paused) is killed, and systemd brings it back read-only.
+    Unreachable: it may be alive and taking writes from app hosts that still reach it, so
+    only --force (the operator knows it is powered off) goes on."""
+    name = state.name
+    try:
+        with connected(topo, eps, name) as remote:
+            if state.reachable and state.read_only:
+                return f"{name} answers read-only: fenced already"
+            remote.run("systemctl kill -s KILL mariadb.service", check=False)
+            return f"{name}'s MariaDB killed over SSH (it restarts read-only)"
+    except DbOpError as exc:
+        if not force:
+            raise DbOpError(
+                f"cannot fence {name}: {exc}. It may still be taking writes from app hosts "
+                f"that reach it. If you know {name} is powered off or cut off from every app "
+                "host, run again with --force."
+            ) from None
+        return f"{name} unreachable; --force: the operator vouches that it is down"
+
+
+def failover(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], force: bool = False
+) -> Timeline:
+    """Unplanned: the primary is dead or fenced; fence it for sure, promote the best replica.
+
+    With the old primary's MariaDB answering (it restarted read-only), the replica first
+    catches up with everything it has, so nothing is discarded at all."""
+    if topo.option("auto_failover", False) and not force:
+        raise DbOpError(
+            "automatic failover is on: dbwatch on the monitor promotes and fences "
+            "(`vagrant ssh monitor -c 'journalctl -u dbwatch -o cat'`). Use "
+            "`fab db.switchover` for a planned move, or --force to act by hand anyway."
+        )
     timeline = Timeline()
     found = states(topo, eps)
     replicas = [s for s in found.values() if s.reachable and s.replicating_from]
@@ -157,10 +210,25 @@ def failover(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> Tim
         raise DbOpError(f"{writable[0].name} still accepts writes: use `fab db.switchover`")
     if not replicas:
         raise DbOpError("no reachable replica to promote")
-    dead = [s.name for s in found.values() if s not in replicas]
-    timeline.mark(f"fault seen: no writable primary ({', '.join(dead) or 'none'} lost)")
+    lost = [s for s in found.values() if s not in replicas]
+    receiving = [s.name for s in replicas if s.io_running == "Yes"]
+    if receiving and any(not s.reachable for s in lost) and not force:
+        raise DbOpError(
+            f"{', '.join(receiving)} still receives from the primary: it is alive (only "
+            "this machine cannot reach it?). Not failing over; --force to override."
+        )
+    timeline.mark(f"fault seen: no writable primary ({', '.join(s.name for s in lost)} lost)")
+    for s in lost:
+        timeline.mark(_fence_old(topo, eps, s, force))
     new = dbcluster.most_advanced(replicas).name
     with connected(topo, eps, new) as remote:
+        for s in lost:
+            if s.reachable and s.read_only and s.gtid_binlog_pos:
+                try:  # it answers: take everything it has (its replica reconnects to it)
+                    dbcluster.wait_applied(remote, s.gtid_binlog_pos, seconds=10)
+                    timeline.mark(f"{new} applied everything {s.name} has ({s.gtid_binlog_pos})")
+                except engine.StepError:
+                    timeline.mark(f"{new} could not catch up with {s.name}: rejoin lists it")
         dbcluster.promote(remote, timeline)
     _wait_writer_endpoint(topo, eps, timeline)
     print(
@@ -168,25 +236,47 @@ def failover(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> Tim
         f"`fab db.rejoin --host <name>`.",
         flush=True,
     )
-    _record("failover", timeline, new=new, lost=dead)
+    _record("failover", timeline, new=new, lost=[s.name for s in lost])
     return timeline
 
 
-def rejoin(topo: topology.Topology, eps: dict[str, inventory.Endpoint], host: str) -> Timeline:
-    """Rebuild `host` as a replica of the current primary, discarding what it had."""
+def rejoin(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], host: str, discard: bool = False
+) -> Timeline:
+    """Rebuild `host` as a replica of the current primary.
+
+    Transactions `host` has that the primary lacks (an old primary's writes that never
+    reached a replica) are listed first, and thrown away only with `discard`."""
     found = states(topo, eps)
     primary = _current(topo, found)
     if host == primary:
         raise DbOpError(f"{host} is the primary; rejoin another node")
     timeline = Timeline()
     with connected(topo, eps, primary) as p, connected(topo, eps, host) as r:
+        lacking = (
+            dbcluster.missing_from(found[host], found[primary]) if found[host].reachable else []
+        )
+        if lacking:
+            notes = _notes_lacking(r, p)
+            listing = "\n".join(f"    {n}" for n in notes) or "    (no notes: other tables)"
+            print(
+                f"{host} holds transactions {primary} lacks ({', '.join(lacking)}); "
+                f"newest notes among them:\n{listing}",
+                flush=True,
+            )
+            if not discard:
+                raise DbOpError(
+                    f"not rebuilding {host}: it would discard the transactions above. "
+                    "Keep what you need, then run again with --discard."
+                )
+            timeline.mark(f"discarding {', '.join(lacking)} from {host} (--discard)")
         dump, gtid = dbcluster._dump(p)
         timeline.mark(f"dumped {primary} at GTID {gtid}")
         dbcluster.seed_replica(r, _address(topo, primary), dump, gtid)
         dbcluster.wait_replicating(r)
         dbcluster.resume_semisync(p, r)
-        timeline.mark(f"{host} replicates from {primary} (its own unreplicated writes discarded)")
-    _record("rejoin", timeline, host=host, primary=primary, gtid=gtid)
+        timeline.mark(f"{host} replicates from {primary}")
+    _record("rejoin", timeline, host=host, primary=primary, gtid=gtid, discarded=lacking)
     return timeline
 
 

@@ -56,7 +56,18 @@ def deploy(
         f"{len(only_hosts) or len(topo.hosts)} hosts.",
         flush=True,
     )
-    primary = db_primary(topo, eps)
+    defaults = topology.parse(topo.path.read_text(), topo.path).options
+    changed = {k: v for k, v in topo.options.items() if defaults.get(k) != v}
+    if changed:
+        print(
+            "Options in force (kept for later commands; set one back with --option NAME=VALUE): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())),
+            flush=True,
+        )
+    db_names = {h.name for h in topo.in_tier("db")}
+    touches_db = not only_hosts or bool(db_names & set(only_hosts))
+    primary = db_primary(topo, eps, strict=touches_db)
+    topology.save_options(topo.name, topo.options, defaults)
     report = engine.deploy(
         topo, eps, ALL_ROLES, only_hosts=only_hosts, shared_facts={"db_primary": primary}
     )
@@ -260,28 +271,24 @@ def tls_renew(topology_name: str | None, inventory_file: str | None) -> engine.R
 def db_states(
     topo: topology.Topology, eps: dict[str, inventory.Endpoint]
 ) -> dict[str, dbcluster.NodeState]:
-    """Each db host's replication state, read in parallel (DOWN where unreachable)."""
-
-    def one(host: topology.Host) -> dbcluster.NodeState:
-        try:
-            remote = engine.Remote(host, eps[host.name])
-            remote.connect()
-        except Exception as exc:
-            return dbcluster.NodeState(host.name, False, f"SSH: {type(exc).__name__}: {exc}")
-        try:
-            return dbcluster.read_state(host, remote)
-        finally:
-            remote.close()
-
-    hosts = topo.in_tier("db")
-    with ThreadPoolExecutor(max_workers=max(len(hosts), 1)) as pool:
-        return {s.name: s for s in pool.map(one, hosts)}
+    """Each db host's replication state (kept here for callers; see dbcluster.states)."""
+    return dbcluster.states(topo, eps)
 
 
-def db_primary(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> str:
+def db_primary(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], strict: bool = True
+) -> str:
+    """The primary the deploy keeps (or, with no writable node, the one it may unfence).
+
+    strict: refuse, naming the hosts and what to run, rather than pick a node that could
+    lack acknowledged writes (a node down, or holding transactions the others lack)."""
+    if not topo.in_tier("db"):
+        return ""
     try:
-        primary = dbcluster.discover_primary(topo, db_states(topo, eps))
+        primary = dbcluster.choose_primary(topo, db_states(topo, eps))
     except engine.StepError as exc:
+        if not strict:
+            return ""
         raise TaskError(str(exc)) from None
     default = topo.with_role("db-primary")[0].name
     if primary != default:
@@ -290,7 +297,7 @@ def db_primary(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> s
 
 
 def db_task(
-    action: str, topology_name: str | None, inventory_file: str | None, **kwargs: str
+    action: str, topology_name: str | None, inventory_file: str | None, **kwargs: str | bool
 ) -> None:
     """Run one of provision.dbops' operations and turn its errors into TaskError."""
     from provision import dbops
@@ -302,14 +309,16 @@ def db_task(
             print("Database nodes:")
             print("\n".join(dbops.status_lines(dbops.states(topo, eps))))
         elif action == "switchover":
-            dbops.switchover(topo, eps, kwargs.get("target", ""))
+            dbops.switchover(topo, eps, str(kwargs.get("target", "")))
         elif action == "failover":
-            dbops.failover(topo, eps)
+            dbops.failover(topo, eps, force=bool(kwargs.get("force")))
         elif action == "rejoin":
-            dbops.rejoin(topo, eps, kwargs["host"])
+            dbops.rejoin(topo, eps, str(kwargs["host"]), discard=bool(kwargs.get("discard")))
         elif action == "backup":
             dbops.backup(topo, eps)
         elif action == "restore":
-            dbops.restore(topo, eps, kwargs["host"], kwargs.get("file", ""))
+            dbops.restore(topo, eps, str(kwargs["host"]), str(kwargs.get("file", "")))
+        else:
+            raise TaskError(f"unknown database action {action!r}")
     except (dbops.DbOpError, engine.StepError) as exc:
         raise TaskError(str(exc)) from None

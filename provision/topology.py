@@ -257,8 +257,12 @@ def selected_name() -> str:
 def load(
     name_or_path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Topology:
-    """Load and validate a topology; `overrides` replace values of its `options`."""
+    """Load and validate a topology; `overrides` replace values of its `options`.
+
+    Options an earlier `fab deploy --option` made live persist (saved_options): every later
+    command, and the tests, see what the machines run, not the file's defaults."""
     path = path_for(name_or_path if name_or_path is not None else selected_name())
+    overrides = {**saved_options(path.stem), **(overrides or {})}
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -267,6 +271,32 @@ def load(
     except OSError as exc:
         raise TopologyError(path, "", f"cannot read: {exc.strerror}") from None
     return parse(text, path, overrides)
+
+
+def options_file(name: str) -> Path:
+    from provision import STATE_DIR
+
+    return STATE_DIR / "options" / f"{name}.json"
+
+
+def saved_options(name: str) -> dict[str, Any]:
+    """Options overridden by an earlier deploy of this topology ({} when none)."""
+    try:
+        data = json.loads(options_file(name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def save_options(name: str, overrides: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Remember overrides that differ from the file's values; forget those set back."""
+    keep = {k: v for k, v in overrides.items() if defaults.get(k) != v}
+    path = options_file(name)
+    if not keep:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    path.write_text(json.dumps(keep, indent=2, sort_keys=True) + "\n")
 
 
 def parse_option_overrides(items: str) -> dict[str, Any]:

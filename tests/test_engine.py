@@ -51,10 +51,26 @@ def test_fab_deploy_exits_non_zero_and_names_the_unreachable_host(tmp_path: Path
     inventory.write_text(
         yaml.safe_dump({"hosts": {h.name: {"host": "127.0.0.1", "port": port} for h in topo}})
     )
-    res = _fab("deploy", "--inventory", str(inventory), "--only", "web2")
+    res = _fab("deploy", "--inventory", str(inventory), "--only", "lb1")
     assert res.returncode == 1
-    assert "FAILED on web2, role connect" in res.stdout
+    assert "FAILED on lb1, role connect" in res.stdout
     assert "web1" not in res.stdout.split("Summary")[1]
+
+
+def test_fab_deploy_refuses_to_pick_a_primary_while_database_hosts_are_unreachable(
+    tmp_path: Path,
+) -> None:
+    """No node is made writable while another could hold acknowledged writes."""
+    topo = topology.load("seed")
+    port = _closed_port()
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(
+        yaml.safe_dump({"hosts": {h.name: {"host": "127.0.0.1", "port": port} for h in topo}})
+    )
+    res = _fab("deploy", "--inventory", str(inventory), "--only", "web2")
+    assert res.returncode == 2
+    assert "web1, web2 cannot be read" in res.stderr
+    assert "changing nothing" in res.stderr
 
 
 def test_fab_deploy_rejects_an_unknown_host_in_only_with_a_clear_error() -> None:

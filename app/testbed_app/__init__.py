@@ -1,8 +1,17 @@
 """The testbed's web app: a page naming the server, a health check and a notes API.
 
-Runs under gunicorn behind nginx on every app host. It reads its database endpoint
+Runs under gunicorn behind nginx on every app host. It reads its database endpoints
 and credentials from /etc/testbed-app/app.ini (written by the deploy, mode 0600) and
 talks to MariaDB with parameterised queries only: a note's text is data, never SQL.
+
+What needs the database, and what it gets while there is no primary (docs/drills.md):
+* `/` and `/health` need none: the load balancer's check proves nginx and the app live,
+  so a database fault never takes the web servers out of the pool.
+* Writes go to the writer endpoint (the one leased primary). With none, they are refused
+  with 503 before anything is sent; a connection lost during COMMIT answers 500, since
+  the note may or may not have been saved.
+* Reads go to the primary too (read-your-writes); when it cannot be reached they fall
+  back to the reader endpoint (any node that answers), which may lag a little.
 """
 
 from __future__ import annotations
@@ -75,24 +84,42 @@ def metrics() -> Response:
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-def _settings() -> dict[str, Any]:
+def _settings(endpoint: str = "port") -> dict[str, Any]:
     parser = configparser.ConfigParser()
     if not parser.read(CONFIG):
         raise RuntimeError(f"cannot read {CONFIG}")
     db = parser["database"]
     return {
         "host": db["host"],
-        "port": db.getint("port", 3306),
+        "port": db.getint(endpoint, db.getint("port", 3306)),
         "user": db["user"],
         "password": db["password"],
         "database": db["name"],
-        "connection_timeout": 3,
+        # Short: a paused primary accepts the TCP connection but never greets; a read
+        # must fall back to a replica well within the client's patience.
+        "connection_timeout": 2,
         "autocommit": False,
     }
 
 
+class NoWriter(Exception):
+    """No database node takes writes right now (failover in progress, or none leased)."""
+
+
 def connect() -> Any:
-    return mysql.connector.connect(**_settings())
+    """A connection to the writer endpoint (the primary), or NoWriter."""
+    try:
+        return mysql.connector.connect(**_settings())
+    except mysql.connector.Error as exc:
+        raise NoWriter(str(exc)) from exc
+
+
+def connect_for_read() -> Any:
+    """The primary when it answers; else any node through the reader endpoint."""
+    try:
+        return connect()
+    except NoWriter:
+        return mysql.connector.connect(**_settings("read_port"))
 
 
 def error(status: int, message: str) -> tuple[Response, int]:
@@ -102,6 +129,18 @@ def error(status: int, message: str) -> tuple[Response, int]:
 @app.errorhandler(HTTPException)
 def http_error(exc: HTTPException) -> tuple[Response, int]:
     return error(exc.code or 500, exc.description or exc.name)
+
+
+@app.errorhandler(NoWriter)
+def no_writer(exc: NoWriter) -> tuple[Response, int]:
+    response, status = error(503, "no database node accepts writes right now; try again shortly")
+    response.headers["Retry-After"] = "2"
+    return response, status
+
+
+@app.errorhandler(mysql.connector.Error)
+def database_error(exc: mysql.connector.Error) -> tuple[Response, int]:
+    return error(503, f"the database could not answer ({type(exc).__name__})")
 
 
 @app.after_request
@@ -121,16 +160,8 @@ def index() -> str:
 
 @app.get("/health")
 def health() -> tuple[Response, int]:
-    try:
-        conn = connect()
-        try:
-            cur = conn.cursor()
-            cur.execute("SELECT 1")
-            cur.fetchall()
-        finally:
-            conn.close()
-    except Exception as exc:  # any failure to reach the database means unhealthy
-        return jsonify({"status": "unhealthy", "server": SERVER, "error": type(exc).__name__}), 503
+    """nginx and the app answer. Deliberately not the database: every web server shares
+    it, so a database fault would take them all out of the pool at once (docs/drills.md)."""
     return jsonify({"status": "ok", "server": SERVER}), 200
 
 
@@ -149,17 +180,28 @@ def create_note() -> tuple[Response, int]:
     conn = connect()
     try:
         cur = conn.cursor()
-        cur.execute("INSERT INTO notes (text, server) VALUES (%s, %s)", (text, SERVER))
-        note_id = cur.lastrowid
-        conn.commit()  # 201 only once the database has committed the note
+        try:
+            cur.execute("INSERT INTO notes (text, server) VALUES (%s, %s)", (text, SERVER))
+            note_id = cur.lastrowid
+            cur.execute("SELECT @@hostname")
+            (db_node,) = cur.fetchone()
+        except mysql.connector.Error as exc:
+            # Nothing is committed before COMMIT (autocommit off): a definite refusal.
+            raise NoWriter(str(exc)) from exc
+        try:
+            conn.commit()  # 201 only once the database has committed the note
+        except mysql.connector.Error:
+            # Lost during COMMIT: it may have been applied. Say so; never claim either.
+            return error(500, "the database connection was lost during commit: "
+                         "the note may or may not have been saved")  # fmt: skip
     finally:
         conn.close()
-    return jsonify({"id": note_id, "text": text, "server": SERVER}), 201
+    return jsonify({"id": note_id, "text": text, "server": SERVER, "db": db_node}), 201
 
 
 @app.get("/api/notes/<int:note_id>")
 def get_note(note_id: int) -> tuple[Response, int]:
-    conn = connect()
+    conn = connect_for_read()
     try:
         cur = conn.cursor(dictionary=True)
         cur.execute("SELECT id, text, server, created FROM notes WHERE id = %s", (note_id,))
@@ -177,7 +219,7 @@ def list_notes() -> tuple[Response, int]:
     raw = request.args.get("limit", "20")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
         return error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
-    conn = connect()
+    conn = connect_for_read()
     try:
         cur = conn.cursor(dictionary=True)
         cur.execute(

@@ -36,6 +36,7 @@ UNIT = "testbed-app"
 LISTEN = "127.0.0.1:8000"
 CONNECTOR = "mysql-connector-python"
 WRITER_LISTEN = "127.0.0.1:3307"
+READER_LISTEN = "127.0.0.1:3308"
 WRITER_CONFIG = "/etc/haproxy/db-writer.cfg"
 APP_DIR = PROJECT_ROOT / "app" / "testbed_app"
 
@@ -111,8 +112,12 @@ def steps(ctx: HostContext) -> list[Step]:
                 "app",
                 "db-writer.cfg.j2",
                 listen=WRITER_LISTEN,
+                read_listen=READER_LISTEN,
                 check_port=db.DBCHECK_PORT,
-                inter="1s",
+                db_port=db.DB_PORT,
+                # Half a second: the failover controller waits this long (and a margin)
+                # after fencing the old primary before the new one may take writes.
+                inter="500ms",
                 fall=1,
                 nodes=[(d.name, db.private_address(topo, d)) for d in db.db_hosts(topo)],
             ),
@@ -134,6 +139,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 "app.ini.j2",
                 db_host=WRITER_LISTEN.split(":")[0],
                 db_port=WRITER_LISTEN.split(":")[1],
+                read_port=READER_LISTEN.split(":")[1],
                 db_user=db.APP_USER,
                 db_password=secrets.password("db-app"),
                 db_name=db.DATABASE,

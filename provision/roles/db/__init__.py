@@ -11,6 +11,7 @@ failover it is no longer the topology's db-primary.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -40,12 +41,38 @@ APP_USER = "app"
 FAILOVER_USER = "failover"
 CONFIG = "/etc/mysql/mariadb.conf.d/60-webinfra-testbed.cnf"
 DBCHECK = "/usr/local/lib/webinfra-testbed/dbcheck.py"
+DB_PORT = 3306
 DBCHECK_PORT = 9200
+DBCHECK_CONFIG = "/etc/webinfra-testbed/dbcheck.json"
+LEASE_SECONDS = 3.0
+"""How long a primary keeps taking writes once neither the controller nor a replica
+reaches it. The controller waits longer than this before it promotes anyone."""
 SEMISYNC_TIMEOUT_MS = 10000
+SLAVE_NET_TIMEOUT = 4
 
 
 def primary_name(ctx: HostContext) -> str:
     return ctx.facts.get("db_primary") or ctx.topology.with_role("db-primary")[0].name
+
+
+def agent_config(topology: Topology, host: Host) -> dict[str, object]:
+    """dbcheck's settings (files/dbcheck.py explains the lease and the fence)."""
+    return {
+        "_managed_by": "webinfra-testbed, from provision/roles/db (local edits are lost)",
+        "name": host.name,
+        "listen": private_address(topology, host),
+        "address": private_address(topology, host),
+        "port": DBCHECK_PORT,
+        "lease_required": bool(topology.option("auto_failover", False)),
+        "lease_seconds": LEASE_SECONDS,
+        "peers": [
+            {"name": p.name, "address": str(topology.address_for(host, p))}
+            for p in db_hosts(topology)
+            if p.name != host.name
+        ],
+        "controllers": [str(topology.address_for(host, m)) for m in topology.with_role("monitor")],
+        "token": secrets.password("dbwatch-token"),
+    }
 
 
 def db_hosts(topology: Topology) -> list[Host]:
@@ -135,7 +162,9 @@ def users(topology: Topology, host: Host) -> list[DbUser]:
         DbUser("monitor", "localhost", secrets.password("db-monitor"),
                global_privs=("BINLOG MONITOR", "PROCESS", "SLAVE MONITOR"),
                schema_privs={"performance_schema": ("SELECT",)}, why="the mysqld exporter"),
-        DbUser("dbcheck", "localhost", None, why="the writability check"),
+        DbUser("dbcheck", "localhost", None,
+               global_privs=("CONNECTION ADMIN", "PROCESS", "READ_ONLY ADMIN", "SLAVE MONITOR"),
+               why="the node's agent: writability, lease and fence"),
     ]  # fmt: skip
     if topology.option("auto_failover", False):
         result += [
@@ -173,6 +202,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 bind_address=listen,
                 server_id=host.index + 1,
                 semisync_timeout_ms=SEMISYNC_TIMEOUT_MS,
+                slave_net_timeout=SLAVE_NET_TIMEOUT,
             ),
             notify=["restart mariadb"],
             name="Ensure MariaDB is configured for GTID and semi-sync replication.",
@@ -208,8 +238,18 @@ def steps(ctx: HostContext) -> list[Step]:
             "db", "dbcheck.py", DBCHECK, "dbcheck", "Ensure the writability check is installed."
         ),
         File(
+            DBCHECK_CONFIG,
+            json.dumps(agent_config(topo, host), indent=2) + "\n",
+            mode="0600",
+            owner="dbcheck",
+            group="dbcheck",
+            secret=True,
+            notify=["restart dbcheck"],
+            name="Ensure the node's agent knows its peers, its controller and the lease.",
+        ),
+        File(
             "/etc/systemd/system/dbcheck.service",
-            render("db", "dbcheck.service.j2", script=DBCHECK, listen=listen, port=DBCHECK_PORT),
+            render("db", "dbcheck.service.j2", script=DBCHECK, config=DBCHECK_CONFIG),
             notify=["restart dbcheck"],
             name="Ensure the writability check's unit is up to date.",
         ),
@@ -274,6 +314,18 @@ class Replicates(Step):
         if self.ctx.peer is None:
             raise StepError("no way to reach the primary to seed this replica")
         primary = self.ctx.peer(self.primary)
+        lacking = dbcluster.missing_from(
+            state, dbcluster.read_state(topo.hosts[self.primary], primary)
+        )
+        if lacking:
+            primary.close()
+            raise StepError(
+                f"{self.ctx.host.name} holds transactions the primary {self.primary} lacks "
+                f"({', '.join(lacking)}): re-seeding it would throw them away, so the deploy "
+                f"leaves it alone. See them with `fab db.status`; rebuild it with "
+                f"`fab db.rejoin --host {self.ctx.host.name} --discard`, which lists what "
+                "it discards."
+            )
         try:
             dump, gtid = dbcluster._dump(primary)
             dbcluster.seed_replica(remote, address, dump, gtid)

@@ -30,7 +30,13 @@ SCRIPT = "/usr/local/lib/webinfra-testbed/dbwatch.py"
 CONFIG = f"{HOME}/dbwatch.json"
 CLIENT_CNF = f"{HOME}/dbwatch.cnf"
 CONFIRM_SECONDS = 1.0
+"""How long the primary's own agent must say MariaDB is down before that counts."""
 INTERVAL_SECONDS = 0.5
+FENCE_MARGIN_SECONDS = 1.5
+"""Waited past the old primary's lease, for the writer endpoints' checks and clock skew."""
+WRITER_CHECK_WINDOW_SECONDS = 1.0
+"""Waited after an agent confirmed a fence: the writer endpoints check every 0.5 s."""
+SPLIT_BRAIN_GRACE_SECONDS = 2.0
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -52,6 +58,11 @@ def steps(ctx: HostContext) -> list[Step]:
         "client_cnf": CLIENT_CNF,
         "confirm_seconds": CONFIRM_SECONDS,
         "interval_seconds": INTERVAL_SECONDS,
+        "lease_seconds": db.LEASE_SECONDS,
+        "fence_margin": FENCE_MARGIN_SECONDS,
+        "writer_check_window": WRITER_CHECK_WINDOW_SECONDS,
+        "split_brain_grace": SPLIT_BRAIN_GRACE_SECONDS,
+        "token": secrets.password("dbwatch-token"),
     }
     return [
         Packages(("mariadb-client",), name="Ensure the MariaDB client is installed."),
@@ -66,7 +77,10 @@ def steps(ctx: HostContext) -> list[Step]:
         File(
             CONFIG,
             json.dumps(config, indent=2) + "\n",
-            mode="0644",
+            mode="0600",
+            owner="dbwatch",
+            group="dbwatch",
+            secret=True,
             notify=["restart dbwatch"],
             name="Ensure the failover controller knows every database node.",
         ),

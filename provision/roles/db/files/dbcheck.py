@@ -1,45 +1,309 @@
 #!/usr/bin/python3
-"""Answers whether this MariaDB node takes writes: 200 "writable", 503 "read-only" or "down".
+"""The database node's agent: whether this node may take writes, and its fence.
 
-Managed by webinfra-testbed (provision/roles/db/files/dbcheck.py). The app hosts'
-writer endpoint (HAProxy) checks it every second, so writes go to the one node that
-accepts them. Runs as the `dbcheck` user, which MariaDB knows through unix_socket and
-which holds no privilege: reading @@read_only needs none.
+Managed by webinfra-testbed (provision/roles/db/files/dbcheck.py). Runs on every db host as
+the `dbcheck` user (MariaDB knows it through unix_socket; it may read replication state,
+set read_only and end the app's sessions, nothing else). docs/database.md explains the
+design; in short:
+
+* One thread reads MariaDB every 0.25 s (one client call, 1 s budget) into a cache. The
+  HTTP answers come from the cache, so a paused or slow MariaDB never stalls them: a
+  cache older than 1 s reads as "unresponsive".
+* GET /      200 only when this node is the primary the writer endpoints may use:
+             writable, replicating from no one, not fenced and, when leases are on
+             (automatic failover), holding a lease. HAProxy on every app host checks it.
+* GET /read  200 when MariaDB answers and is the primary or an applying replica.
+* GET /state the cache and the lease, as JSON (for the controller and for peers).
+* POST /lease {token, epoch, seconds}: the controller (dbwatch) renews the primary's lease
+  after a fresh read shows MariaDB answering. A lease from an older epoch is refused.
+* POST /fence {token, epoch}: revoke the lease at once, answer 503 to the writer
+  endpoints from now on, end the app's sessions and set read_only (retried until
+  MariaDB answers: a paused server is fenced the moment it resumes).
+
+A primary also holds its lease while a replica receives from it (the replica vouches, as
+a second witness that it is alive), so a controller that is down or cut off does not
+stop writes. A primary that has held a lease and lost it (neither the controller nor a
+replica reached it for `lease_seconds`) fences itself: cut off from the others, it stops
+taking writes before the controller may promote anyone (the controller waits longer).
 """
 
+import json
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
-def state() -> tuple[int, str]:
-    try:
-        out = subprocess.run(
-            ["mariadb", "-N", "-B", "--connect-timeout=1", "-e", "SELECT @@read_only"],
-            # A server still recovering after a crash may hold a connection: that is
-            # "down" too, and must be said faster than the writer endpoint's check gives up.
-            capture_output=True,
-            text=True,
-            timeout=0.5,
-            check=True,
-        ).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-        return 503, "down\n"
-    return (200, "writable\n") if out == "0" else (503, "read-only\n")
+CONFIG = sys.argv[1] if len(sys.argv) > 1 else "/etc/webinfra-testbed/dbcheck.json"
+QUERY = (
+    "SELECT @@read_only, @@gtid_current_pos, @@gtid_binlog_state, @@gtid_slave_pos, "
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS'), "
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS'), "
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_NO_TX');\n"
+    "SHOW SLAVE STATUS\\G\n"
+)
+FRESH = 1.0
 
 
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        code, body = state()
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
+def log(event, **fields):
+    print(json.dumps({"event": event, **fields}), flush=True)
 
-    def log_message(self, *args: object) -> None:
-        pass
+
+def sql(statement, timeout=1.0, names=False):
+    return subprocess.run(
+        ["mariadb", "-B", "--connect-timeout=1", "-e", statement, *([] if names else ["-N"])],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    ).stdout
+
+
+class Agent:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.lock = threading.Lock()
+        self.cache = {"at": 0.0, "mariadb": "unknown"}
+        self.controller_until = 0.0
+        self.vouch_until = 0.0
+        self.held_lease = False
+        self.epoch = 0
+        self.fenced = False
+        self.fence_epoch = 0
+        self.fence_reason = ""
+
+    # --- reading MariaDB -------------------------------------------------------------
+    def read(self):
+        started = time.monotonic()
+        try:
+            out = sql(QUERY, names=True)  # SHOW SLAVE STATUS needs its field names
+        except subprocess.TimeoutExpired:
+            state = {"mariadb": "unresponsive"}
+        except (subprocess.CalledProcessError, OSError) as exc:
+            err = getattr(exc, "stderr", "") or str(exc)
+            state = {"mariadb": "down", "error": err.strip()[-200:]}
+        else:
+            lines = out.splitlines()  # a header, the SELECT's row, then SHOW's fields
+            cols = (lines[1].split("\t") + [""] * 7)[:7] if len(lines) > 1 else [""] * 7
+            slave = {}
+            for line in lines[2:]:
+                key, sep, value = line.partition(":")
+                if sep and not key.startswith("*"):
+                    slave[key.strip()] = value.strip()
+            state = {
+                "mariadb": "up",
+                "read_only": cols[0] == "1",
+                "gtid_current_pos": cols[1],
+                "gtid_binlog_state": cols[2],
+                "gtid_slave_pos": cols[3],
+                "semisync_master": cols[4] or "?",
+                "semisync_clients": int(cols[5] or 0),
+                "semisync_no_tx": int(cols[6] or 0),
+                "replicating_from": slave.get("Master_Host", ""),
+                "io_running": slave.get("Slave_IO_Running", ""),
+                "sql_running": slave.get("Slave_SQL_Running", ""),
+                "lag": slave.get("Seconds_Behind_Master", ""),
+            }
+        state["at"] = started
+        with self.lock:
+            self.cache = state
+        return state
+
+    def reader(self):
+        while True:
+            self.read()
+            time.sleep(0.25)
+
+    def snapshot(self):
+        with self.lock:
+            state = dict(self.cache)
+        if state["mariadb"] == "up" and time.monotonic() - state["at"] > FRESH:
+            state["mariadb"] = "unresponsive"
+        return state
+
+    # --- lease and fence -------------------------------------------------------------
+    def holds_lease(self, now):
+        if self.fenced:
+            return False
+        if not self.cfg["lease_required"]:
+            return True
+        return self.controller_until > now or self.vouch_until > now
+
+    def public_state(self):
+        now = time.monotonic()
+        state = self.snapshot()
+        state.pop("at", None)
+        state.update(
+            name=self.cfg["name"],
+            epoch=self.epoch,
+            fenced=self.fenced,
+            fence_reason=self.fence_reason,
+            lease=self.holds_lease(now),
+            lease_remaining=round(max(self.controller_until, self.vouch_until) - now, 2),
+        )
+        return state
+
+    def writable(self):
+        state = self.snapshot()
+        if state["mariadb"] != "up":
+            return False, state["mariadb"]
+        if state["replicating_from"]:
+            return False, "replica"
+        if state["read_only"]:
+            return False, "read-only"
+        if self.fenced:
+            return False, f"fenced ({self.fence_reason})"
+        if not self.holds_lease(time.monotonic()):
+            return False, "no lease"
+        return True, "writable"
+
+    def grant(self, epoch, seconds):
+        with self.lock:
+            if epoch < self.epoch or (self.fenced and epoch <= self.fence_epoch):
+                return 409, f"stale epoch {epoch} (have {self.epoch}, fenced in {self.fence_epoch})"
+        state = self.read()  # a lease means "answering now", never from an old read
+        if state["mariadb"] != "up":
+            return 503, state["mariadb"]
+        with self.lock:
+            self.epoch = epoch
+            if self.fenced and epoch > self.fence_epoch:
+                log("unfenced", epoch=epoch)
+                self.fenced, self.fence_reason = False, ""
+            self.controller_until = time.monotonic() + seconds
+            self.held_lease = True
+        return 200, "leased"
+
+    def fence(self, reason, epoch=0):
+        with self.lock:
+            already = self.fenced
+            self.fenced, self.fence_reason = True, reason
+            self.fence_epoch = max(self.fence_epoch, epoch)
+            self.controller_until = self.vouch_until = 0.0
+            self.held_lease = False
+        if not already:
+            log("fenced", reason=reason, epoch=epoch)
+            threading.Thread(target=self.enforce_fence, daemon=True).start()
+
+    def enforce_fence(self):
+        """End the app's sessions, then read_only: retried until MariaDB has done both."""
+        while self.fenced:
+            try:
+                ids = sql(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'app'", 2.0
+                ).split()
+                if ids:
+                    sql("".join(f"KILL CONNECTION {i};" for i in ids), 2.0)
+                sql("SET GLOBAL read_only = ON", 2.0)
+                if sql("SELECT @@read_only", 2.0).strip() == "1":
+                    log("fence-enforced", killed=len(ids))
+                    return
+            except (subprocess.SubprocessError, OSError):
+                pass
+            time.sleep(0.2)
+
+    def watch(self):
+        """Renew the lease from replicas that receive from this node; fence on expiry."""
+        peers, port = self.cfg["peers"], self.cfg["port"]
+        me = self.cfg["address"]
+        while True:
+            time.sleep(0.5)
+            if not self.cfg["lease_required"]:
+                continue
+            for peer in peers:
+                try:
+                    url = f"http://{peer['address']}:{port}/state"
+                    with urllib.request.urlopen(url, timeout=0.5) as res:
+                        st = json.load(res)
+                except (OSError, ValueError):
+                    continue
+                if st.get("replicating_from") == me and st.get("io_running") == "Yes":
+                    with self.lock:
+                        if not self.fenced:
+                            self.vouch_until = time.monotonic() + self.cfg["lease_seconds"]
+            now = time.monotonic()
+            state = self.snapshot()
+            writable_here = state.get("mariadb") != "down" and not state.get("read_only", True)
+            if self.held_lease and not self.holds_lease(now) and not self.fenced:
+                if writable_here or state.get("mariadb") == "unresponsive":
+                    self.fence("lease expired: cut off from the controller and every replica")
+                else:
+                    self.held_lease = False
+
+
+def handler_for(agent):
+    cfg = agent.cfg
+
+    class Handler(BaseHTTPRequestHandler):
+        def reply(self, code, body, kind="text/plain"):
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            if self.path == "/":
+                ok, why = agent.writable()
+                self.reply(200 if ok else 503, why + "\n")
+            elif self.path == "/read":
+                st = agent.snapshot()
+                applying = not st.get("replicating_from") or st.get("sql_running") == "Yes"
+                primary = not st.get("replicating_from") and not st.get("read_only", True)
+                ok = st["mariadb"] == "up" and (primary or (applying and st["replicating_from"]))
+                self.reply(200 if ok else 503, ("readable" if ok else st["mariadb"]) + "\n")
+            elif self.path == "/state":
+                self.reply(200, json.dumps(agent.public_state()), "application/json")
+            else:
+                self.reply(404, "not found\n")
+
+        def do_POST(self):  # noqa: N802
+            if self.client_address[0] not in cfg["controllers"]:
+                return self.reply(403, "only the failover controller may do this\n")
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(min(length, 4096)) or b"{}")
+            except ValueError:
+                return self.reply(400, "expected a JSON body\n")
+            if body.get("token") != cfg["token"]:
+                return self.reply(403, "bad token\n")
+            epoch = int(body.get("epoch", 0))
+            if self.path == "/lease":
+                code, why = agent.grant(epoch, float(body.get("seconds", cfg["lease_seconds"])))
+                self.reply(code, json.dumps({"result": why, **agent.public_state()}))
+            elif self.path == "/fence":
+                agent.fence(str(body.get("reason", "fenced by the controller"))[:200], epoch)
+                self.reply(200, json.dumps({"result": "fenced", **agent.public_state()}))
+            else:
+                self.reply(404, "not found\n")
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a health checker that hangs up early is not news
+
+
+def main():
+    with open(CONFIG) as f:
+        cfg = json.load(f)
+    agent = Agent(cfg)
+    agent.read()
+    threading.Thread(target=agent.reader, daemon=True).start()
+    threading.Thread(target=agent.watch, daemon=True).start()
+    log("started", lease_required=cfg["lease_required"], lease_seconds=cfg["lease_seconds"])
+    Server((cfg["listen"], cfg["port"]), handler_for(agent)).serve_forever()
 
 
 if __name__ == "__main__":
-    ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Handler).serve_forever()
+    main()

@@ -1,207 +1,338 @@
 #!/usr/bin/python3
 """Automatic, fenced database failover for webinfra-testbed (runs on the monitor host).
 
-Managed by webinfra-testbed (provision/roles/dbwatch/files/dbwatch.py).
+Managed by webinfra-testbed (provision/roles/dbwatch/files/dbwatch.py). The five parts of
+a failover, as docs/database.md describes them:
 
-Every second it asks each db node's dbcheck whether it is writable. When no node has
-been writable for `confirm` seconds, it promotes the most advanced replica, but only
-when that is safe:
-  * the last primary answers and is read-only (it restarted: every node boots fenced), or
-  * the last primary does not answer, and no replica still receives from it either
-    (a second witness that it is gone, not just cut off from this host).
-It never makes a node writable while another one is. The old primary stays read-only
-until `fab db.rejoin` (or the next deploy) rebuilds it as a replica. Every failover is
-logged as one JSON line: fault seen, promotion done, first write accepted.
+* Detection. Twice a second the controller renews the primary's lease through the node's
+  agent (dbcheck), which first checks that MariaDB answers. Slow is not dead: only when no
+  renewal has succeeded for the whole lease (3 s) is the primary suspect, or sooner when
+  the primary's own agent says MariaDB is down or restarted read-only (a witness on the
+  host itself, twice in a row).
+* Second witness. A suspect primary is failed over only when the replica no longer
+  receives from it either (or its own agent says it is down). While a replica still
+  receives, the primary is alive and keeps its lease through that replica: it is the
+  controller that is cut off, and nothing is done.
+* Reaction and fencing. The old primary is fenced before the new one may take writes:
+  through its agent when it answers (the agent drops it from every writer endpoint at
+  once, ends the app's sessions and sets read_only, even if MariaDB is paused: then the
+  moment it resumes), and in any case by time: the candidate stops receiving (so it no
+  longer vouches for the old primary), and the controller waits until the old primary's
+  lease has certainly run out (lease + margin); an old primary cut off from everyone has
+  fenced itself by then. Promotion is refused when the old primary's last renewal showed
+  semi-sync off (acknowledged writes may exist only there): the operator decides
+  (`fab db.failover --force`).
+* Service discovery. The new primary gets a lease in a new epoch; the writer endpoints
+  send writes only to a node that holds one (one at a time, `balance first`).
+* Split brain. Two writable nodes are logged and alerted (Prometheus, SplitBrain); the one
+  that is not the current epoch's primary is fenced. Nothing is discarded: rebuilding the
+  stale node is the operator's `fab db.rejoin`, which lists what it would throw away.
+
+Every event is one JSON line in the journal (`journalctl -u dbwatch -o cat`).
 """
 
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 
 CONFIG = sys.argv[1] if len(sys.argv) > 1 else "/etc/webinfra-testbed/dbwatch.json"
+STATE = "/var/lib/dbwatch/state.json"
 
 
 def log(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def writable(node, port):
-    """True (writable), False (answers, read-only or MariaDB down), None (unreachable)."""
-    try:
-        with urllib.request.urlopen(f"http://{node['address']}:{port}/", timeout=1) as res:
-            return res.status == 200
-    except urllib.error.HTTPError:
-        return False
-    except OSError:
-        return None
+class Controller:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.nodes = {n["name"]: n for n in cfg["nodes"]}
+        saved = self.load()
+        self.primary = saved.get("primary")
+        self.epoch = int(saved.get("epoch", 0))
+        self.last_renewal = time.monotonic()  # conservative: as if renewed at start
+        self.semisync = "ON"
+        self.suspect_since = None
+        self.split_since = None
+        self.said = set()  # one log line per episode for repeated refusals
 
-
-def sql(cfg, node, statement, timeout=5):
-    res = subprocess.run(
-        [
-            "mariadb",
-            f"--defaults-extra-file={cfg['client_cnf']}",
-            "-h",
-            node["address"],
-            "--connect-timeout=2",
-            "-e",
-            statement,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr.strip())
-    return res.stdout
-
-
-def slave_status(cfg, node):
-    out = sql(cfg, node, "SHOW SLAVE STATUS\\G")
-    pairs = (line.partition(":") for line in out.splitlines())
-    return {k.strip(): v.strip() for k, _, v in pairs if v}
-
-
-def seq(cfg, node):
-    out = sql(cfg, node, "SELECT @@gtid_current_pos").split()
-    pos = out[-1] if len(out) > 1 else ""
-    return max((int(g.split("-")[2]) for g in pos.split(",") if g.count("-") == 2), default=0)
-
-
-def promote(cfg, node, started):
-    # Apply everything this replica received (and acknowledged) before its relay log is
-    # discarded. With parallel replication "read all relay log" is not "applied": wait
-    # for the received GTID position itself. If it cannot be reached, do not promote.
-    log("promoting", node=node["name"], t=round(time.monotonic() - started, 3))
-    sql(cfg, node, "STOP SLAVE IO_THREAD;")
-    received = slave_status(cfg, node).get("Gtid_IO_Pos", "")
-    log("receiving-stopped", node=node["name"], t=round(time.monotonic() - started, 3))
-    if received:
-        out = sql(cfg, node, f"SELECT MASTER_GTID_WAIT('{received}', 30)", timeout=35).split()
-        if out[-1:] != ["0"]:
-            raise RuntimeError(f"{node['name']} did not apply up to {received}: not promoting")
-    log(
-        "relay-log-applied",
-        node=node["name"],
-        gtid=received,
-        t=round(time.monotonic() - started, 3),
-    )
-    # No replica can acknowledge yet: pause semi-sync waits until one rejoins (the rejoin
-    # turns them back on), or the first commit would hang for the semi-sync timeout.
-    sql(
-        cfg,
-        node,
-        "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled = OFF; "
-        "SET GLOBAL read_only = OFF;",
-    )
-    promoted = time.monotonic()
-    deadline = time.monotonic() + 10
-    first_write = None
-    while time.monotonic() < deadline and first_write is None:
+    # --- persistence -----------------------------------------------------------------
+    def load(self):
         try:
-            sql(cfg, node, "INSERT INTO testbed.failover_probe (written_by) VALUES ('dbwatch')")
-            first_write = time.monotonic()
-        except RuntimeError:
+            with open(STATE) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def save(self):
+        with open(STATE + ".tmp", "w") as f:
+            json.dump({"primary": self.primary, "epoch": self.epoch}, f)
+        os.replace(STATE + ".tmp", STATE)
+
+    # --- talking to the agents and to MariaDB ------------------------------------------
+    def url(self, name, path):
+        return f"http://{self.nodes[name]['address']}:{self.cfg['check_port']}{path}"
+
+    def get_state(self, name):
+        try:
+            with urllib.request.urlopen(self.url(name, "/state"), timeout=0.4) as res:
+                return json.load(res)
+        except (OSError, ValueError):
+            return None
+
+    def post(self, name, path, **body):
+        data = json.dumps({"token": self.cfg["token"], **body}).encode()
+        req = urllib.request.Request(self.url(name, path), data=data, method="POST")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=1.5) as res:
+                return res.status, json.load(res)
+        except urllib.error.HTTPError as exc:
+            try:
+                return exc.code, json.loads(exc.read() or b"{}")
+            except ValueError:
+                return exc.code, {}
+        except (OSError, ValueError):
+            return None, {}
+
+    def sql(self, name, statement, timeout=5, names=False):
+        res = subprocess.run(
+            ["mariadb", f"--defaults-extra-file={self.cfg['client_cnf']}",
+             "-h", self.nodes[name]["address"], "--connect-timeout=2", "-B",
+             "-e", statement, *([] if names else ["-N"])],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise RuntimeError(f"{name}: {res.stderr.strip()[-300:]}")
+        return res.stdout
+
+    def once(self, key, event, **fields):
+        if key not in self.said:
+            self.said.add(key)
+            log(event, **fields)
+
+    # --- one round -------------------------------------------------------------------
+    def step(self):
+        names = list(self.nodes)
+        states = {}
+        threads = [
+            threading.Thread(target=lambda n=n: states.__setitem__(n, self.get_state(n)))
+            for n in names
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        writable = [n for n in names if is_writable(states[n])]
+
+        if self.primary is None:
+            if len(writable) == 1:
+                self.adopt(writable[0], "the only writable node")
+            return
+        stale = [n for n in writable if n != self.primary]
+        if stale:
+            own = states.get(self.primary) or {}
+            moved_to = [n for n in stale if own.get("replicating_from") == self.nodes[n]["address"]]
+            if len(stale) == 1 and moved_to:
+                self.adopt(stale[0], f"{self.primary} now replicates from it (switchover)")
+                return
+            # A switchover makes the new primary writable a moment before the old one
+            # follows it; only a second writable node that stays is a split brain.
+            self.split_since = self.split_since or time.monotonic()
+            if time.monotonic() - self.split_since >= self.cfg["split_brain_grace"]:
+                self.split_brain(writable, stale)
+        else:
+            self.split_since = None
+
+        now = time.monotonic()
+        code, reply = self.post(self.primary, "/lease", epoch=self.epoch,
+                                seconds=self.cfg["lease_seconds"])  # fmt: skip
+        if code == 200:
+            self.last_renewal, self.semisync = now, reply.get("semisync_master", "?")
+            if self.suspect_since is not None:
+                log("primary-answers-again", primary=self.primary,
+                    after_s=round(now - self.suspect_since, 2))  # fmt: skip
+            self.suspect_since, self.said = None, set()
+            return
+        self.suspected(states, code, reply, now)
+
+    def suspected(self, states, code, reply, now):
+        p = self.primary
+        own = states.get(p)
+        if code == 409:
+            # The agent holds a newer epoch: someone else promoted it. Never fight it.
+            self.once("stale-epoch", "stale-epoch", primary=p, reply=reply.get("result"))
+            return
+        if self.suspect_since is None:
+            self.suspect_since = now
+            seen = own or {}
+            log("fault-seen", primary=p, agent="unreachable" if own is None else "answers",
+                mariadb=seen.get("mariadb"), read_only=seen.get("read_only"))  # fmt: skip
+        # A witness on the host itself: MariaDB is gone, or came back read-only (fenced).
+        host_says_dead = own is not None and (
+            own.get("mariadb") == "down" or (own.get("mariadb") == "up" and own.get("read_only"))
+        )
+        if host_says_dead:
+            if now - self.suspect_since < self.cfg["confirm_seconds"]:
+                return
+        elif now - self.last_renewal < self.cfg["lease_seconds"]:
+            return  # slow is not dead: the lease has not run out yet
+        address = self.nodes[p]["address"]
+        replicas = [
+            n for n in self.nodes
+            if n != p and states.get(n) and states[n].get("mariadb") == "up"
+            and states[n].get("replicating_from") == address
+        ]  # fmt: skip
+        receiving = [n for n in replicas if states[n].get("io_running") == "Yes"]
+        if receiving and not host_says_dead:
+            self.once("witness", "not-promoting",
+                      reason=f"{', '.join(receiving)} still receives from {p}: it is alive; "
+                      "the controller may be the one cut off")  # fmt: skip
+            return
+        if self.semisync != "ON":
+            self.once("semisync", "not-promoting",
+                      reason=f"{p}'s last renewal showed semi-sync {self.semisync}: "
+                      "acknowledged writes may exist only there; operator: "
+                      "fab db.failover --force")  # fmt: skip
+            return
+        if not replicas:
+            self.once("no-replica", "not-promoting", reason=f"no replica of {p} answers")
+            return
+        best = max(replicas, key=lambda n: seq(states[n].get("gtid_current_pos", "")))
+        self.failover(p, best, own is not None, now)
+
+    def failover(self, old, new, agent_answers, seen):
+        started = self.suspect_since or seen
+        t = lambda: round(time.monotonic() - started, 3)  # noqa: E731
+        log("promoting", old=old, new=new, t=t())
+        fenced_at = None
+        if agent_answers:
+            code, _ = self.post(old, "/fence", epoch=self.epoch + 1,
+                                reason=f"failover to {new} (epoch {self.epoch + 1})")  # fmt: skip
+            if code == 200:
+                fenced_at = time.monotonic()
+                log("fenced", node=old, by="its agent", t=t())
+        self.sql(new, "STOP SLAVE IO_THREAD")
+        io_stopped = time.monotonic()
+        log("receiving-stopped", node=new, t=t())
+        received = ""
+        for line in self.sql(new, "SHOW SLAVE STATUS\\G", names=True).splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Gtid_IO_Pos":
+                received = value.strip()
+        if not received:
+            # Never promote without knowing what was received: the relay log is discarded.
+            log("not-promoting", reason=f"cannot read what {new} received")
+            self.sql(new, "START SLAVE IO_THREAD")
+            return
+        if received:
+            out = self.sql(new, f"SELECT MASTER_GTID_WAIT('{received}', 30)", 35).split()
+            if out[-1:] != ["0"]:
+                log("not-promoting", reason=f"{new} did not apply up to {received}")
+                self.sql(new, "START SLAVE IO_THREAD")
+                return
+        log("relay-log-applied", node=new, gtid=received, t=t())
+        if fenced_at is not None:
+            # Every writer endpoint checks twice a second: after this, none sends to `old`.
+            ready = fenced_at + self.cfg["writer_check_window"]
+        else:
+            # Fenced by time: `old` held its lease at most lease_seconds after the last
+            # renewal by this controller or a vouch by `new`, whichever came later.
+            ready = max(self.last_renewal, io_stopped) + self.cfg["lease_seconds"]
+            ready += self.cfg["fence_margin"]
+            log("fencing-by-lease", node=old, wait_s=round(max(ready - time.monotonic(), 0), 2))
+        time.sleep(max(0.0, ready - time.monotonic()))
+        # No replica can acknowledge yet: semi-sync waits resume when one rejoins.
+        self.sql(new, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled = OFF; "
+                 "SET GLOBAL read_only = OFF;")  # fmt: skip
+        self.epoch += 1
+        self.primary = new
+        self.save()
+        promoted = t()
+        for _ in range(10):
+            code, _ = self.post(new, "/lease", epoch=self.epoch, seconds=self.cfg["lease_seconds"])
+            if code == 200:
+                break
             time.sleep(0.2)
-    return promoted - started, (first_write - started) if first_write else None
+        self.last_renewal, self.semisync = time.monotonic(), "ON"
+        log("failover", old=old, new=new, epoch=self.epoch, fenced_by="agent" if fenced_at
+            else "lease", fault_to_promotion_s=promoted, fault_to_lease_s=t())  # fmt: skip
+        self.repoint_others(old, new)
+        self.suspect_since, self.said = None, set()
+
+    def repoint_others(self, old, new):
+        """Replicas of the old primary (three or more db nodes) follow the new one."""
+        address, old_address = self.nodes[new]["address"], self.nodes[old]["address"]
+        moved = []
+        for n in self.nodes:
+            if n in (old, new):
+                continue
+            st = self.get_state(n) or {}
+            if st.get("replicating_from") != old_address:
+                continue
+            try:
+                self.sql(n, f"STOP SLAVE; CHANGE MASTER TO MASTER_HOST = '{address}', "
+                         "MASTER_USE_GTID = slave_pos; START SLAVE;")  # fmt: skip
+                moved.append(n)
+            except RuntimeError as exc:
+                log("error", error=str(exc))
+        if moved:
+            self.sql(new, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
+            log("replicas-follow", primary=new, replicas=moved)
+
+    def adopt(self, name, why):
+        self.epoch += 1
+        self.primary = name
+        self.save()
+        code, _ = self.post(name, "/lease", epoch=self.epoch, seconds=self.cfg["lease_seconds"])
+        self.last_renewal = time.monotonic()
+        self.suspect_since, self.said = None, set()
+        log("primary", node=name, epoch=self.epoch, why=why, leased=code == 200)
+
+    def split_brain(self, writable, stale):
+        self.once(f"split:{','.join(writable)}", "split-brain", writable=writable,
+                  primary=self.primary, epoch=self.epoch)  # fmt: skip
+        for n in stale:
+            code, _ = self.post(n, "/fence", epoch=self.epoch,
+                                reason=f"split brain: {self.primary} is the primary")  # fmt: skip
+            if code != 200:
+                try:
+                    self.sql(n, "SET GLOBAL read_only = ON", timeout=3)
+                    code = 200
+                except (RuntimeError, subprocess.SubprocessError) as exc:
+                    log("error", error=f"cannot fence {n}: {exc}")
+            if code == 200:
+                self.once(f"fenced:{n}", "fenced", node=n, by="split-brain handling")
 
 
-STATE = "/var/lib/dbwatch/last-primary"
+def is_writable(state):
+    return bool(
+        state and state.get("mariadb") == "up" and not state.get("read_only", True)
+        and not state.get("replicating_from")
+    )  # fmt: skip
 
 
-def remember(name):
-    with open(STATE + ".tmp", "w") as f:
-        f.write(name)
-    os.replace(STATE + ".tmp", STATE)
-
-
-def recall():
-    try:
-        with open(STATE) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+def seq(pos):
+    return max((int(g.split("-")[2]) for g in pos.split(",") if g.count("-") == 2), default=0)
 
 
 def main():
     with open(CONFIG) as f:
         cfg = json.load(f)
-    nodes = cfg["nodes"]
-    # The last primary seen survives a restart of this controller.
-    ctx = {"last_primary": recall(), "silent_since": None}
-    log(
-        "started",
-        nodes=[n["name"] for n in nodes],
-        confirm_s=cfg["confirm_seconds"],
-        last_primary=ctx["last_primary"],
-    )
+    ctl = Controller(cfg)
+    log("started", nodes=list(ctl.nodes), primary=ctl.primary, epoch=ctl.epoch,
+        lease_s=cfg["lease_seconds"])  # fmt: skip
     while True:
         time.sleep(cfg["interval_seconds"])
         try:
-            step(cfg, ctx)
+            ctl.step()
         except Exception as exc:  # keep watching; a failed attempt is retried next round
             log("error", error=f"{type(exc).__name__}: {str(exc)[:300]}")
-
-
-def step(cfg, ctx):
-    """One round: read every node, and fail over when it is both needed and safe."""
-    nodes, port = cfg["nodes"], cfg["check_port"]
-    states = {n["name"]: writable(n, port) for n in nodes}
-    up = [n["name"] for n in nodes if states[n["name"]]]
-    if len(up) > 1:
-        log("split-brain", writable=up)  # never promote anything while this holds
-        return
-    if up:
-        if ctx["last_primary"] != up[0]:
-            log("primary", node=up[0])
-            remember(up[0])
-        ctx["last_primary"], ctx["silent_since"] = up[0], None
-        return
-    last = ctx["last_primary"]
-    if last is None:
-        return  # never saw a primary: nothing to fail over from
-    now = time.monotonic()
-    if ctx["silent_since"] is None:
-        ctx["silent_since"] = now
-        log(
-            "fault-seen",
-            primary=last,
-            primary_state={
-                True: "writable",
-                False: "read-only or MariaDB down",
-                None: "unreachable",
-            }[states.get(last)],
-        )
-    if now - ctx["silent_since"] < cfg["confirm_seconds"]:
-        return
-    candidates = []
-    for n in nodes:
-        if n["name"] == last or states[n["name"]] is None:
-            continue
-        st = slave_status(cfg, n)
-        if not st:
-            continue  # not a replica
-        if states.get(last) is None and st.get("Slave_IO_Running") == "Yes":
-            log("not-promoting", reason=f"{n['name']} still receives from {last}")
-            continue
-        candidates.append((seq(cfg, n), n))
-    if not candidates:
-        return
-    _, best = max(candidates, key=lambda c: c[0])
-    promoted_s, first_write_s = promote(cfg, best, ctx["silent_since"])
-    log(
-        "failover",
-        old=last,
-        new=best["name"],
-        fault_to_promotion_s=round(promoted_s, 3),
-        fault_to_first_write_s=round(first_write_s, 3) if first_write_s else None,
-    )
-    remember(best["name"])
-    ctx["last_primary"], ctx["silent_since"] = best["name"], None
 
 
 if __name__ == "__main__":
