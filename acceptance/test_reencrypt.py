@@ -56,7 +56,7 @@ def reencrypted() -> Iterator[None]:
     try:
         yield
     finally:
-        fab("deploy")
+        fab("deploy", "--option", "reencrypt=false")  # options persist: set it back
 
 
 @pytest.mark.disruptive

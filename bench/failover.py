@@ -62,7 +62,7 @@ def heal(eps: dict[str, inventory.Endpoint], option: str) -> None:
 
 
 def scenario(name: str, eps: dict[str, inventory.Endpoint]) -> tuple[float, int]:
-    option = "auto_failover=true" if name.startswith("auto") else ""
+    option = "auto_failover=" + ("true" if name.startswith("auto") else "false")
     heal(eps, option)
     old = primary(eps)
     writer = Writer().start()
