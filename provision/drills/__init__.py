@@ -1,0 +1,1 @@
+"""Fault drills: a recorded history of requests under a fault, its checker and its report."""
