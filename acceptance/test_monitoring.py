@@ -177,6 +177,29 @@ def test_stopping_replication_fires_the_replication_alert(
     print(f"\nReplicationStopped for {replica}: fired {fired:.1f} s after STOP SLAVE")
 
 
+def test_a_second_writable_database_node_fires_and_resolves_the_split_brain_alert(
+    machines: dict[str, testinfra.host.Host], endpoints: object
+) -> None:
+    """A replica made writable by hand: harmless here (the writer endpoints send writes
+    only to a node that replicates from no one), but exactly what a split brain looks like
+    to the monitoring."""
+    from provision.tasks import db_states
+
+    states = db_states(TOPOLOGY, endpoints)  # type: ignore[arg-type]
+    replica = next(n for n, s in states.items() if s.role == "replica")
+    recorder = machines[MONITOR.name]
+    opened = time.time()
+    machines[replica].check_output("mariadb -e 'SET GLOBAL read_only = OFF'")
+    try:
+        fired = _wait_alert(recorder, "SplitBrain", "firing", opened)
+    finally:
+        closed = time.time()
+        machines[replica].check_output("mariadb -e 'SET GLOBAL read_only = ON'")
+    resolved = _wait_alert(recorder, "SplitBrain", "resolved", closed)
+    print(f"\nSplitBrain: fired {fired:.1f} s after a second node became writable, "
+          f"resolved {resolved:.1f} s after it was fenced again")  # fmt: skip
+
+
 def test_the_dashboard_renders_every_section_with_live_values() -> None:
     with urllib.request.urlopen(f"{PROMETHEUS}/consoles/testbed.html", timeout=10) as res:
         assert res.status == 200
