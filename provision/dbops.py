@@ -11,11 +11,12 @@ import gzip
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from provision import STATE_DIR, dbcluster, engine, inventory, topology
+from provision import STATE_DIR, dbcluster, engine, inventory, monitoring, topology
 from provision.dbcluster import NodeState, Timeline
 from provision.roles import db
 
@@ -189,6 +190,30 @@ def _fence_old(
         return f"{name} unreachable; --force: the operator vouches that it is down"
 
 
+def _semisync_when_last_writable(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], name: str
+) -> str:
+    """What the monitoring last saw of `name`'s semi-sync while it took writes: "ON",
+    "OFF" (it had fallen back to asynchronous commits) or "unknown"."""
+    mon = monitoring.monitor_host(topo)
+    if mon is None:
+        return "unknown"
+    query = urllib.parse.quote(
+        f'last_over_time((mysql_global_status_rpl_semi_sync_master_status{{host="{name}"}} '
+        f'and on (host) mysql_global_variables_read_only{{host="{name}"}} == 0)[10m:5s])'
+    )
+    url = f"http://127.0.0.1:{monitoring.PROMETHEUS_PORT}/api/v1/query?query={query}"
+    try:
+        with connected(topo, eps, mon.name) as remote:
+            res = remote.run(f"curl -s --max-time 3 '{url}'", check=False)
+        result = json.loads(res.stdout)["data"]["result"]
+    except (DbOpError, ValueError, KeyError):
+        return "unknown"
+    if not result:
+        return "unknown"
+    return "ON" if float(result[0]["value"][1]) == 1 else "OFF"
+
+
 def failover(
     topo: topology.Topology, eps: dict[str, inventory.Endpoint], force: bool = False
 ) -> Timeline:
@@ -218,6 +243,16 @@ def failover(
             "this machine cannot reach it?). Not failing over; --force to override."
         )
     timeline.mark(f"fault seen: no writable primary ({', '.join(s.name for s in lost)} lost)")
+    for s in lost:
+        semisync = _semisync_when_last_writable(topo, eps, s.name)
+        timeline.mark(f"{s.name}'s semi-sync when it last took writes: {semisync} (Prometheus)")
+        if semisync == "OFF" and not force:
+            raise DbOpError(
+                f"{s.name} had fallen back to asynchronous replication: it may hold "
+                "acknowledged writes no replica received, and promoting a replica would lose "
+                f"them. Bring {s.name} back (its replica then catches up), or accept the "
+                "loss with --force."
+            )
     for s in lost:
         timeline.mark(_fence_old(topo, eps, s, force))
     new = dbcluster.most_advanced(replicas).name
