@@ -188,7 +188,8 @@ def _dbwatch_log(endpoints: dict[str, Endpoint]) -> list[dict[str, object]]:
 
 @pytest.mark.disruptive
 @pytest.mark.usefixtures("healthy_cluster", "auto_failover")
-@pytest.mark.parametrize("fault", ["kill-mariadbd", "stop-machine"])
+# SIGKILL, pause and partition of the primary with dbwatch: test_drills.py, under Locust.
+@pytest.mark.parametrize("fault", ["stop-machine"])
 def test_automatic_failover_keeps_the_service_answering_and_loses_nothing(
     endpoints: dict[str, Endpoint], fault: str
 ) -> None:
