@@ -90,7 +90,7 @@ def tls_renew(c: Context, topology: str = "", inventory: str = "") -> None:
         raise Exit(code=1)
 
 
-def _db(action: str, topology: str, inventory: str, **kwargs: str) -> None:
+def _db(action: str, topology: str, inventory: str, **kwargs: str | bool) -> None:
     try:
         tasks.db_task(action, topology, inventory, **kwargs)
     except tasks.TaskError as exc:
@@ -112,16 +112,32 @@ def db_switchover(c: Context, topology: str = "", inventory: str = "", target: s
     _db("switchover", topology, inventory, target=target)
 
 
-@task(name="failover", help=DB_HELP)
-def db_failover(c: Context, topology: str = "", inventory: str = "") -> None:
-    """Promote the most advanced replica when the primary is dead or fenced."""
-    _db("failover", topology, inventory)
+@task(
+    name="failover",
+    help={
+        **DB_HELP,
+        "force": "go on although the old primary cannot be fenced over SSH, or automatic "
+        "failover is on (you vouch that it is down)",
+    },
+)
+def db_failover(c: Context, topology: str = "", inventory: str = "", force: bool = False) -> None:
+    """Fence the lost primary (STONITH over SSH), then promote the most advanced replica."""
+    _db("failover", topology, inventory, force=force)
 
 
-@task(name="rejoin", help={**DB_HELP, "host": "the node to rebuild as a replica"})
-def db_rejoin(c: Context, host: str, topology: str = "", inventory: str = "") -> None:
-    """Rebuild a node (e.g. a returning old primary) as a replica; its own writes are dropped."""
-    _db("rejoin", topology, inventory, host=host)
+@task(
+    name="rejoin",
+    help={
+        **DB_HELP,
+        "host": "the node to rebuild as a replica",
+        "discard": "throw away the transactions it has that the primary lacks (listed first)",
+    },
+)
+def db_rejoin(
+    c: Context, host: str, topology: str = "", inventory: str = "", discard: bool = False
+) -> None:
+    """Rebuild a node (e.g. a returning old primary) as a replica of the current primary."""
+    _db("rejoin", topology, inventory, host=host, discard=discard)
 
 
 @task(name="backup", help=DB_HELP)
@@ -138,7 +154,89 @@ def db_restore(
     _db("restore", topology, inventory, host=host, file=file)
 
 
+@task(
+    positional=["fault"],
+    help={
+        "fault": "kill | stop | pause | partition | loss | delay | deploy (see above)",
+        "target": "a host (lb1, web1, ...) or a role resolved now: db-primary, db-replica, "
+        "web, app, lb (required)",
+        "duration": "seconds the fault is held before the heal (default 8)",
+        "users": "Locust users (default 10)",
+        "rate": "requests/s per user, fixed; total = users x rate (default 2)",
+        "peers": "partition/loss/delay: comma-separated hosts or roles to cut the target "
+        "from (default: db target -> the other db nodes and the monitor; web/app -> the "
+        "load balancers; lb -> the web hosts)",
+        "loss": "loss: share of packets dropped, 0 < P < 1 (default 0.3)",
+        "warmup": "seconds of load before the fault (default 8)",
+        "settle": "seconds of load kept after the cluster settled (default 10)",
+        "topology": TOPOLOGY_HELP,
+        "inventory": INVENTORY_HELP,
+    },
+)
+def drill(
+    c: Context,
+    fault: str,
+    target: str = "",
+    duration: float = 8.0,
+    users: int = 10,
+    rate: float = 2.0,
+    peers: str = "",
+    loss: float = 0.3,
+    warmup: float = 8.0,
+    settle: float = 10.0,
+    topology: str = "",
+    inventory: str = "",
+) -> None:
+    """Run a fault drill under load, heal it, check the history: fab drill FAULT --target T.
+
+    Starts Locust (qps.py's personas, fixed rate), warms up, injects FAULT on the target,
+    holds it, heals it (always, Ctrl-C included), waits until exactly one database node is
+    writable for 3 s (at most 60 s), keeps the load --settle s more, collects the final
+    database state and runs the checker. Writes .testbed/drills/<UTC time>-<fault>-<host>/
+    (history.jsonl, events.jsonl, samples.jsonl, final.json, drill.json, locust.html and
+    CSV, summary.md, timeline.png). Exit 0: PASS; 1: FAIL; 2: could not run (the message
+    names the host and the step).
+
+    Faults:
+      kill       SIGKILL the target's services (db: mariadbd; web/app: nginx and gunicorn,
+                 unit testbed-app; lb: haproxy); heal: systemctl start them.
+      stop       vagrant halt HOST, then vagrant up HOST (both timed).
+      pause      SIGSTOP (db: mariadbd only; web/app: nginx and gunicorn; lb: haproxy);
+                 heal: SIGCONT.
+      partition  iptables DROP between the target and --peers, both directions, in a DRILL
+                 chain on the target (SSH untouched); probes prove the cut and the heal.
+      loss       the same links, random drop of --loss of the packets.
+      delay      tc netem: this kernel has none, so it says so and exits 2.
+      deploy     stop the target's MariaDB, run `fab deploy` as a user would, record its
+                 exit code, start MariaDB again.
+
+    A host that runs both web and database roles (seed's web1, web2) is hit as a web host;
+    aim at its database with --target db-primary or db-replica.
+    Example: fab drill pause --target db-primary --duration 10
+    """
+    from provision.drills import runner
+
+    try:
+        passed = runner.run(
+            fault,
+            target,
+            duration=duration,
+            users=users,
+            rate=rate,
+            peers=peers,
+            loss=loss,
+            warmup=warmup,
+            settle=settle,
+            topology=topology,
+            inventory=inventory,
+        )
+    except runner.DrillError as exc:
+        raise Exit(f"drill: {exc}", code=2) from None
+    if not passed:
+        raise Exit(code=1)
+
+
 firewall = Collection("firewall", firewall_show)
 dbns = Collection("db", db_status, db_switchover, db_failover, db_rejoin, db_backup, db_restore)
 tls = Collection("tls", tls_renew)
-ns = Collection(deploy, status, endpoints, destroy, ca, firewall, tls, dbns)
+ns = Collection(deploy, status, endpoints, destroy, ca, drill, firewall, tls, dbns)

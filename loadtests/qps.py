@@ -13,6 +13,8 @@ Environment variables:
   else is trusted, and the server's certificate must match the target address.
 * LOAD_RATE: fixed rate in requests per second *per user* (constant_throughput); unset
   means think time between(0.5, 2).
+* DRILL_PREFIX: what the Writer's note texts start with (default "locust"); a fault drill
+  sets its own, to count its rows afterwards (loadtests/drill.py).
 
 Thresholds (--max-failure-ratio, --max-p95-ms) decide the exit code, see loadtests/README.md.
 The target must be the testbed itself (127.0.0.1, localhost or 192.168.56.0/21): anything
@@ -370,8 +372,14 @@ class Writer(TestbedUser):
     @task
     def create_note(self) -> None:
         # Unique, and not only ASCII: the text must survive JSON, the app and MariaDB unchanged.
-        text = f"locust {uuid4().hex} ünïcødé ✓"
+        prefix = os.environ.get("DRILL_PREFIX", "").strip() or "locust"
+        text = f"{prefix} {uuid4().hex} ünïcødé ✓"
+        # The text travels in the request's context so a history listener can record it.
         with self.client.post(
-            "/api/notes", json={"text": text}, name="/api/notes", catch_response=True
+            "/api/notes",
+            json={"text": text},
+            name="/api/notes",
+            catch_response=True,
+            context={"text": text},
         ) as response:
             _finish(response, check_created(response, text))
