@@ -226,7 +226,12 @@ def seed_replica(replica: Remote, primary_address: str, dump: str, gtid: str) ->
     Whatever the replica had is discarded, its own binary log included: a returning old
     primary's unacknowledged transactions are thrown away, never merged.
     """
-    mysql(replica, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = ON;", check=False)
+    mysql(
+        replica,
+        "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = ON; "
+        "SET GLOBAL rpl_semi_sync_master_enabled = OFF;",
+        check=False,
+    )
     replica.run("mariadb", stdin="SET SESSION sql_log_bin = 0;\n" + dump)
     mysql(
         replica,
@@ -311,7 +316,7 @@ def demote_to_replica(node: Remote, primary_address: str) -> None:
     """A caught-up old primary (planned switchover) follows the new one."""
     mysql(
         node,
-        "SET GLOBAL read_only = ON;\n"
+        "SET GLOBAL read_only = ON; SET GLOBAL rpl_semi_sync_master_enabled = OFF;\n"
         f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {DB_PORT}, "
         f"MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{repl_password()}', "
         "MASTER_USE_GTID = slave_pos, MASTER_DEMOTE_TO_SLAVE = 1, MASTER_CONNECT_RETRY = 1;\n"

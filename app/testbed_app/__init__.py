@@ -17,6 +17,7 @@ What needs the database, and what it gets while there is no primary (docs/drills
 from __future__ import annotations
 
 import configparser
+import contextlib
 import html
 import os
 import socket
@@ -114,12 +115,32 @@ def connect() -> Any:
         raise NoWriter(str(exc)) from exc
 
 
-def connect_for_read() -> Any:
-    """The primary when it answers; else any node through the reader endpoint."""
+def read(sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Rows from the primary when it answers; else from any node (the reader endpoint).
+
+    Reads are idempotent, so one that loses its connection to the primary mid-query (the
+    writer endpoint cuts sessions to a node that stops being primary) is asked again of
+    the reader endpoint rather than failed."""
     try:
-        return connect()
+        conn = connect()
     except NoWriter:
-        return mysql.connector.connect(**_settings("read_port"))
+        conn = None
+    if conn is not None:
+        try:
+            return _rows(conn, sql, params)
+        except mysql.connector.Error:
+            pass
+    return _rows(mysql.connector.connect(**_settings("read_port")), sql, params)
+
+
+def _rows(conn: Any, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    try:
+        cur = conn.cursor(dictionary=True)
+        cur.execute(sql, params)
+        return list(cur.fetchall())
+    finally:
+        with contextlib.suppress(mysql.connector.Error):  # the endpoint may have cut it
+            conn.close()
 
 
 def error(status: int, message: str) -> tuple[Response, int]:
@@ -201,15 +222,10 @@ def create_note() -> tuple[Response, int]:
 
 @app.get("/api/notes/<int:note_id>")
 def get_note(note_id: int) -> tuple[Response, int]:
-    conn = connect_for_read()
-    try:
-        cur = conn.cursor(dictionary=True)
-        cur.execute("SELECT id, text, server, created FROM notes WHERE id = %s", (note_id,))
-        row = cur.fetchone()
-    finally:
-        conn.close()
-    if row is None:
+    rows = read("SELECT id, text, server, created FROM notes WHERE id = %s", (note_id,))
+    if not rows:
         return error(404, f"no note {note_id}")
+    row = rows[0]
     row["created"] = row["created"].isoformat()
     return jsonify(row), 200
 
@@ -219,15 +235,9 @@ def list_notes() -> tuple[Response, int]:
     raw = request.args.get("limit", "20")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
         return error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
-    conn = connect_for_read()
-    try:
-        cur = conn.cursor(dictionary=True)
-        cur.execute(
-            "SELECT id, text, server, created FROM notes ORDER BY id DESC LIMIT %s", (int(raw),)
-        )
-        rows = cur.fetchall()
-    finally:
-        conn.close()
+    rows = read(
+        "SELECT id, text, server, created FROM notes ORDER BY id DESC LIMIT %s", (int(raw),)
+    )
     for row in rows:
         row["created"] = row["created"].isoformat()
     return jsonify({"notes": rows}), 200

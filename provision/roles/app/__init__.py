@@ -120,6 +120,10 @@ def steps(ctx: HostContext) -> list[Step]:
                 inter="500ms",
                 fall=1,
                 nodes=[(d.name, db.private_address(topo, d)) for d in db.db_hosts(topo)],
+                read_nodes=[
+                    (d.name, db.private_address(topo, d))
+                    for d in sorted(db.db_hosts(topo), key=lambda d: d.name != ctx.host.name)
+                ],
             ),
             validate="haproxy -c -q -f {path}",
             notify=["reload db-writer"],

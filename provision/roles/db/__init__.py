@@ -268,9 +268,10 @@ def steps(ctx: HostContext) -> list[Step]:
             ),
             Command(
                 "Ensure the primary waits for a replica's acknowledgement when it has one.",
-                check='mariadb -N -B -e "SELECT @@rpl_semi_sync_master_enabled = 1 OR '
-                "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-                "WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS') = 0\" | grep -qx 1",
+                # No replica connected (just after a failover): a commit would hang for the
+                # timeout, so the waits resume when one (re)joins (dbcluster.resume_semisync).
+                check="[ \"$(mariadb -N -B -e 'SELECT @@rpl_semi_sync_master_enabled')\" = 1 ] "
+                "|| [ -z \"$(mariadb -N -B -e 'SHOW SLAVE HOSTS')\" ]",
                 run="mariadb -e 'SET GLOBAL rpl_semi_sync_master_enabled = ON'",
             ),
             Command(
@@ -307,7 +308,7 @@ class Replicates(Step):
             and state.sql_running == "Yes"
             and state.read_only
         ):
-            return OK
+            return self.semisync(remote, state)
         if state.replicating_from == address and state.sql_running == "Yes":
             dbcluster.mysql(remote, "SET GLOBAL read_only = ON; START SLAVE;", check=False)
             return Outcome(True, "restarted replication threads")
@@ -334,6 +335,24 @@ class Replicates(Step):
         finally:
             primary.close()
         return Outcome(True, f"seeded from {self.primary} at GTID {gtid}")
+
+    def semisync(self, remote: Remote, state: dbcluster.NodeState) -> Outcome:
+        """A replica acknowledges (semi-sync) whenever its primary waits for it, and never
+        waits for acknowledgements itself (server.cnf.j2 says why)."""
+        done = []
+        if dbcluster.mysql(remote, "SELECT @@rpl_semi_sync_master_enabled;")[0][0] == "1":
+            dbcluster.mysql(remote, "SET GLOBAL rpl_semi_sync_master_enabled = OFF;")
+            done.append("no longer waits for acknowledgements itself")
+        if state.semisync_slave != "ON" and state.io_running == "Yes" and self.ctx.peer:
+            primary = self.ctx.peer(self.primary)
+            try:
+                waits = dbcluster.mysql(primary, "SELECT @@rpl_semi_sync_master_enabled;")
+            finally:
+                primary.close()
+            if waits[0][0] == "1":  # it connected before its primary waited: reconnect
+                dbcluster.mysql(remote, "STOP SLAVE IO_THREAD; START SLAVE IO_THREAD;")
+                done.append("reconnected to acknowledge its primary's commits")
+        return Outcome(True, "; ".join(done)) if done else OK
 
 
 def replication_steps(ctx: HostContext) -> list[Step]:

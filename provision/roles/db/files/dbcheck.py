@@ -12,7 +12,7 @@ design; in short:
 * GET /      200 only when this node is the primary the writer endpoints may use:
              writable, replicating from no one, not fenced and, when leases are on
              (automatic failover), holding a lease. HAProxy on every app host checks it.
-* GET /read  200 when MariaDB answers and is the primary or an applying replica.
+* GET /read  200 when MariaDB answers and is not a replica that stopped applying.
 * GET /state the cache and the lease, as JSON (for the controller and for peers).
 * POST /lease {token, epoch, seconds}: the controller (dbwatch) renews the primary's lease
   after a fresh read shows MariaDB answering. A lease from an older epoch is refused.
@@ -251,10 +251,12 @@ def handler_for(agent):
                 ok, why = agent.writable()
                 self.reply(200 if ok else 503, why + "\n")
             elif self.path == "/read":
+                # Any node whose MariaDB answers, unless it is a replica that stopped
+                # applying: the app reads here only while no primary answers, and a fenced
+                # old primary, cut off with its app host, still has all it had (stale).
                 st = agent.snapshot()
-                applying = not st.get("replicating_from") or st.get("sql_running") == "Yes"
-                primary = not st.get("replicating_from") and not st.get("read_only", True)
-                ok = st["mariadb"] == "up" and (primary or (applying and st["replicating_from"]))
+                broken = st.get("replicating_from") and st.get("sql_running") != "Yes"
+                ok = st["mariadb"] == "up" and not broken
                 self.reply(200 if ok else 503, ("readable" if ok else st["mariadb"]) + "\n")
             elif self.path == "/state":
                 self.reply(200, json.dumps(agent.public_state()), "application/json")

@@ -276,7 +276,8 @@ class Controller:
             if st.get("replicating_from") != old_address:
                 continue
             try:
-                self.sql(n, f"STOP SLAVE; CHANGE MASTER TO MASTER_HOST = '{address}', "
+                self.sql(n, "SET GLOBAL rpl_semi_sync_master_enabled = OFF; STOP SLAVE; "
+                         f"CHANGE MASTER TO MASTER_HOST = '{address}', "
                          "MASTER_USE_GTID = slave_pos; START SLAVE;")  # fmt: skip
                 moved.append(n)
             except RuntimeError as exc:
