@@ -48,7 +48,8 @@ FAULTS: dict[str, str] = {
     "delay": "Delay the target's traffic with tc netem; this kernel has no sch_netem, so the "
     "drill says so and exits 2.",
     "deploy": "Operator fault: stop the target's MariaDB, run `fab deploy` as a user would, "
-    "record its exit code, then start MariaDB again.",
+    "record its exit code; heal: start MariaDB again and run `fab deploy` once more, as a "
+    "refusing deploy tells the operator to.",
 }
 """Every fault, with one sentence on exactly what it does (`fab --help drill` shows them)."""
 
@@ -730,6 +731,7 @@ class Deploy(Fault):
     topology_arg: str = ""
     inventory: str = ""
     exit_code: int | None = None
+    recovery_exit: int | None = None
 
     def preflight(self) -> None:
         if self.target.role not in DB_ROLES:
@@ -740,17 +742,28 @@ class Deploy(Fault):
     def inject(self) -> str:
         self.machines.run(self.host, "inject (systemctl stop mariadb)", "systemctl stop mariadb")
         self.applied()
+        self.exit_code, detail = self._deploy("deploy.log", "deploy-exit")
+        return f"systemctl stop mariadb on {self.host}; {detail}"
+
+    def heal(self) -> str:
+        """Do what a refusing deploy tells the operator: bring the node back, deploy again."""
+        self.machines.run(self.host, "heal (systemctl start mariadb)", "systemctl start mariadb")
+        _wait_active(self.machines, self.host, ("mariadb",))
+        self.recovery_exit, detail = self._deploy("recovery-deploy.log", "recovery-deploy-exit")
+        return f"systemctl start mariadb on {self.host}, then {detail}"
+
+    def _deploy(self, logname: str, event: str) -> tuple[int, str]:
         fab = Path(sys.executable).parent / "fab"
         cmd = [str(fab) if fab.exists() else "fab", "deploy"]
         cmd += ["--topology", self.topology_arg or self.machines.topo.name]
         if self.inventory:
             cmd += ["--inventory", self.inventory]
-        log = self.folder / "deploy.log"
+        log = self.folder / logname
         self.machines.say(f"running `{' '.join(cmd[1:])}` as a user would (output: {log.name})")
         started = time.monotonic()
         with log.open("wb") as out:
             try:
-                res = subprocess.run(
+                code = subprocess.run(
                     cmd,
                     cwd=PROJECT_ROOT,
                     stdout=out,
@@ -758,20 +771,14 @@ class Deploy(Fault):
                     stdin=subprocess.DEVNULL,
                     timeout=1800,
                     check=False,
-                )
-                self.exit_code = res.returncode
+                ).returncode
             except subprocess.TimeoutExpired:
-                self.exit_code = -1
+                code = -1
         took = time.monotonic() - started
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        detail = f"fab deploy exited {self.exit_code} after {took:.1f} s: " + " | ".join(tail)
-        self.emit("deploy-exit", detail)
-        return f"systemctl stop mariadb on {self.host}; {detail}"
-
-    def heal(self) -> str:
-        self.machines.run(self.host, "heal (systemctl start mariadb)", "systemctl start mariadb")
-        _wait_active(self.machines, self.host, ("mariadb",))
-        return f"systemctl start mariadb on {self.host}"
+        detail = f"fab deploy exited {code} after {took:.1f} s: " + " | ".join(tail)
+        self.emit(event, detail)
+        return code, detail
 
     def heal_hint(self) -> str:
         return f"vagrant ssh {self.host} -c 'sudo systemctl start mariadb'"

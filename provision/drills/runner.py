@@ -581,6 +581,7 @@ def _execute(
                     drill.emit("fault-end", f"{detail} ({drill.phases['heal_s']:.1f} s)")
         if drill.fault == "deploy":
             drill.info["deploy_exit"] = getattr(fault, "exit_code", None)
+            drill.info["recovery_deploy_exit"] = getattr(fault, "recovery_exit", None)
         if drill.fault == "stop":
             drill.info["stop_timings_s"] = {
                 k: round(v, 1) for k, v in getattr(fault, "timings", {}).items()
