@@ -272,7 +272,11 @@ def steps(ctx: HostContext) -> list[Step]:
                 # timeout, so the waits resume when one (re)joins (dbcluster.resume_semisync).
                 check="[ \"$(mariadb -N -B -e 'SELECT @@rpl_semi_sync_master_enabled')\" = 1 ] "
                 "|| [ -z \"$(mariadb -N -B -e 'SHOW SLAVE HOSTS')\" ]",
-                run="mariadb -e 'SET GLOBAL rpl_semi_sync_master_enabled = ON'",
+                # Replicas negotiate semi-sync when they connect: end their binlog dump
+                # sessions so they reconnect (in a second) and acknowledge from then on.
+                run="mariadb -e 'SET GLOBAL rpl_semi_sync_master_enabled = ON' && "
+                'for id in $(mariadb -N -B -e "SELECT ID FROM information_schema.PROCESSLIST '
+                'WHERE COMMAND LIKE \'Binlog Dump%\'"); do mariadb -e "KILL $id" || true; done',
             ),
             Command(
                 "Ensure the primary accepts writes (read_only off).",

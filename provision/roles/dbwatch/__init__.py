@@ -47,7 +47,10 @@ def steps(ctx: HostContext) -> list[Step]:
                 "Ensure automatic failover is off (topology option auto_failover).",
                 check="! systemctl is-active --quiet dbwatch && "
                 "! systemctl is-enabled --quiet dbwatch",
-                run="systemctl disable --now dbwatch 2>/dev/null || true",
+                # Its memory of the primary and epoch goes too: it would be stale by the
+                # time automatic failover is turned on again.
+                run="systemctl disable --now dbwatch 2>/dev/null || true; "
+                "rm -f /var/lib/dbwatch/state.json",
             )
         ]
     nodes = [{"name": h.name, "address": db.private_address(topo, h)} for h in db.db_hosts(topo)]

@@ -59,6 +59,7 @@ class Controller:
         self.semisync = "ON"
         self.suspect_since = None
         self.split_since = None
+        self.fresh = True  # until the first round that saw the cluster
         self.said = set()  # one log line per episode for repeated refusals
 
     # --- persistence -----------------------------------------------------------------
@@ -130,6 +131,13 @@ class Controller:
             t.join()
         writable = [n for n in names if is_writable(states[n])]
 
+        if self.fresh:
+            # At start, what the nodes say beats what was remembered: an operator may have
+            # moved the primary while this controller was off.
+            self.fresh = False
+            if len(writable) == 1 and writable[0] != self.primary:
+                self.adopt(writable[0], "the only writable node when the controller started")
+                return
         if self.primary is None:
             if len(writable) == 1:
                 self.adopt(writable[0], "the only writable node")
