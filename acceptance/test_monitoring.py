@@ -160,13 +160,17 @@ def test_stopping_a_backend_fires_and_then_resolves_the_backend_down_alert(
     )
 
 
-def test_stopping_replication_fires_the_replication_alert(
-    machines: dict[str, testinfra.host.Host], endpoints: object
-) -> None:
+def _a_replica(endpoints: object) -> str:
     from provision.tasks import db_states
 
     states = db_states(TOPOLOGY, endpoints)  # type: ignore[arg-type]
-    replica = next(n for n, s in states.items() if s.role == "replica")
+    return next(n for n, s in states.items() if s.role == "replica")
+
+
+def test_stopping_replication_fires_the_replication_alert(
+    machines: dict[str, testinfra.host.Host], endpoints: object
+) -> None:
+    replica = _a_replica(endpoints)
     recorder = machines[MONITOR.name]
     stopped = time.time()
     machines[replica].check_output("mariadb -e 'STOP SLAVE'")
@@ -183,10 +187,7 @@ def test_a_second_writable_database_node_fires_and_resolves_the_split_brain_aler
     """A replica made writable by hand: harmless here (the writer endpoints send writes
     only to a node that replicates from no one), but exactly what a split brain looks like
     to the monitoring."""
-    from provision.tasks import db_states
-
-    states = db_states(TOPOLOGY, endpoints)  # type: ignore[arg-type]
-    replica = next(n for n, s in states.items() if s.role == "replica")
+    replica = _a_replica(endpoints)
     recorder = machines[MONITOR.name]
     opened = time.time()
     machines[replica].check_output("mariadb -e 'SET GLOBAL read_only = OFF'")

@@ -44,13 +44,17 @@ def test_a_host_that_is_down_fails_the_deploy_naming_the_host_and_the_step(tmp_p
     assert "run `fab deploy` again" in text
 
 
-def test_fab_deploy_exits_non_zero_and_names_the_unreachable_host(tmp_path: Path) -> None:
-    topo = topology.load("seed")
+def _unreachable_inventory(tmp_path: Path) -> Path:
+    """Every host of the seed topology at a closed port of this machine."""
     port = _closed_port()
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(
-        yaml.safe_dump({"hosts": {h.name: {"host": "127.0.0.1", "port": port} for h in topo}})
-    )
+    hosts = {h.name: {"host": "127.0.0.1", "port": port} for h in topology.load("seed")}
+    inventory.write_text(yaml.safe_dump({"hosts": hosts}))
+    return inventory
+
+
+def test_fab_deploy_exits_non_zero_and_names_the_unreachable_host(tmp_path: Path) -> None:
+    inventory = _unreachable_inventory(tmp_path)
     res = _fab("deploy", "--inventory", str(inventory), "--only", "lb1")
     assert res.returncode == 1
     assert "FAILED on lb1, role connect" in res.stdout
@@ -61,12 +65,7 @@ def test_fab_deploy_refuses_to_pick_a_primary_while_database_hosts_are_unreachab
     tmp_path: Path,
 ) -> None:
     """No node is made writable while another could hold acknowledged writes."""
-    topo = topology.load("seed")
-    port = _closed_port()
-    inventory = tmp_path / "inventory.yml"
-    inventory.write_text(
-        yaml.safe_dump({"hosts": {h.name: {"host": "127.0.0.1", "port": port} for h in topo}})
-    )
+    inventory = _unreachable_inventory(tmp_path)
     res = _fab("deploy", "--inventory", str(inventory), "--only", "web2")
     assert res.returncode == 2
     assert "web1, web2 cannot be read" in res.stderr
