@@ -290,7 +290,13 @@ def promote(node: Remote, timeline: Timeline, replica_follows: bool = False) -> 
     if received:
         wait_applied(node, received)
     timeline.mark(f"relay log applied on the new primary (up to {received or 'nothing'})")
-    pause = "" if replica_follows else "SET GLOBAL rpl_semi_sync_master_enabled = OFF;"
+    # A replica runs with the primary side of semi-sync off (server.cnf.j2): on for a
+    # switchover, whose old primary follows at once; paused otherwise.
+    pause = (
+        "SET GLOBAL rpl_semi_sync_master_enabled = ON;"
+        if replica_follows
+        else "SET GLOBAL rpl_semi_sync_master_enabled = OFF;"
+    )
     mysql(node, f"STOP SLAVE; RESET SLAVE ALL; {pause} SET GLOBAL read_only = OFF;")
     timeline.mark("promotion done: new primary accepts writes")
     if not replica_follows:

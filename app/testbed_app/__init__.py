@@ -186,6 +186,17 @@ def health() -> tuple[Response, int]:
     return jsonify({"status": "ok", "server": SERVER}), 200
 
 
+@app.get("/health/database")
+def health_database() -> tuple[Response, int]:
+    """Whether this host reaches a current database node: the primary, or a replica that
+    applies. The load balancer sends /api/ only to web servers where this is 200."""
+    try:
+        node = read("SELECT @@hostname AS node", ())[0]["node"]
+    except mysql.connector.Error as exc:
+        return jsonify({"status": "unhealthy", "server": SERVER, "error": type(exc).__name__}), 503
+    return jsonify({"status": "ok", "server": SERVER, "database": node}), 200
+
+
 @app.post("/api/notes")
 def create_note() -> tuple[Response, int]:
     if not request.is_json:

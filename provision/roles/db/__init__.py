@@ -55,6 +55,27 @@ def primary_name(ctx: HostContext) -> str:
     return ctx.facts.get("db_primary") or ctx.topology.with_role("db-primary")[0].name
 
 
+NOT_FENCED_CHECK = """\
+import json, sys, urllib.request
+# Re-checked on the machine just before read_only goes off: the primary this deploy chose
+# at its start may have been fenced since (automatic failover), or another node promoted.
+cfg = json.load(open(sys.argv[1]))
+def state(address):
+    url = "http://%s:%d/state" % (address, cfg["port"])
+    try:
+        with urllib.request.urlopen(url, timeout=2) as res:
+            return json.load(res)
+    except Exception:
+        return {}
+if state(cfg["address"]).get("fenced"):
+    sys.exit("this node was fenced by the failover controller: not making it writable")
+for peer in cfg["peers"]:
+    st = state(peer["address"])
+    if st.get("read_only") is False and not st.get("replicating_from"):
+        sys.exit("%s accepts writes already: not making a second writable node" % peer["name"])
+"""
+
+
 def agent_config(topology: Topology, host: Host) -> dict[str, object]:
     """dbcheck's settings (files/dbcheck.py explains the lease and the fence)."""
     return {
@@ -283,7 +304,9 @@ def steps(ctx: HostContext) -> list[Step]:
                 check="[ \"$(mariadb -N -B -e 'SELECT @@read_only')\" = 0 ]",
                 run="if mariadb -e 'SHOW SLAVE STATUS' | grep -q .; then "
                 "echo 'this node replicates from another: refusing to make it writable' >&2; "
-                "exit 1; fi; mariadb -e 'SET GLOBAL read_only = OFF'",
+                f"exit 1; fi; python3 - {DBCHECK_CONFIG} && "
+                "mariadb -e 'SET GLOBAL read_only = OFF'",
+                run_stdin=NOT_FENCED_CHECK,
             ),
         ]
     return result
@@ -316,6 +339,12 @@ class Replicates(Step):
         if state.replicating_from == address and state.sql_running == "Yes":
             dbcluster.mysql(remote, "SET GLOBAL read_only = ON; START SLAVE;", check=False)
             return Outcome(True, "restarted replication threads")
+        if not state.read_only and not state.replicating_from:
+            raise StepError(
+                f"{self.ctx.host.name} accepts writes: the primary moved while this deploy ran "
+                f"(it chose {self.primary} at its start). Nothing was changed; run `fab deploy` "
+                "again."
+            )
         if self.ctx.peer is None:
             raise StepError("no way to reach the primary to seed this replica")
         primary = self.ctx.peer(self.primary)

@@ -12,7 +12,8 @@ design; in short:
 * GET /      200 only when this node is the primary the writer endpoints may use:
              writable, replicating from no one, not fenced and, when leases are on
              (automatic failover), holding a lease. HAProxy on every app host checks it.
-* GET /read  200 when MariaDB answers and is not a replica that stopped applying.
+* GET /read  200 when MariaDB answers and is the primary or a replica that applies; never
+             a fenced old primary, whose data stops at its fence (stale).
 * GET /state the cache and the lease, as JSON (for the controller and for peers).
 * POST /lease {token, epoch, seconds}: the controller (dbwatch) renews the primary's lease
   after a fresh read shows MariaDB answering. A lease from an older epoch is refused.
@@ -27,6 +28,7 @@ replica reached it for `lease_seconds`) fences itself: cut off from the others, 
 taking writes before the controller may promote anyone (the controller waits longer).
 """
 
+import http.client
 import json
 import subprocess
 import sys
@@ -63,6 +65,31 @@ def sql(statement, timeout=1.0, names=False):
     ).stdout
 
 
+def parse(out):
+    """The client's answer to QUERY: a header, the SELECT's row, then SHOW's fields."""
+    lines = out.splitlines()
+    cols = (lines[1].split("\t") + [""] * 7)[:7] if len(lines) > 1 else [""] * 7
+    slave = {}
+    for line in lines[2:]:
+        key, sep, value = line.partition(":")
+        if sep and not key.startswith("*"):
+            slave[key.strip()] = value.strip()
+    return {
+        "mariadb": "up",
+        "read_only": cols[0] == "1",
+        "gtid_current_pos": cols[1],
+        "gtid_binlog_state": cols[2],
+        "gtid_slave_pos": cols[3],
+        "semisync_master": cols[4] or "?",
+        "semisync_clients": int(cols[5] or 0),
+        "semisync_no_tx": int(cols[6] or 0),
+        "replicating_from": slave.get("Master_Host", ""),
+        "io_running": slave.get("Slave_IO_Running", ""),
+        "sql_running": slave.get("Slave_SQL_Running", ""),
+        "lag": slave.get("Seconds_Behind_Master", ""),
+    }
+
+
 class Agent:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -75,39 +102,20 @@ class Agent:
         self.fenced = False
         self.fence_epoch = 0
         self.fence_reason = ""
+        self.enforcing = False
 
     # --- reading MariaDB -------------------------------------------------------------
     def read(self):
         started = time.monotonic()
         try:
-            out = sql(QUERY, names=True)  # SHOW SLAVE STATUS needs its field names
+            state = parse(sql(QUERY, names=True))  # SHOW SLAVE STATUS needs field names
         except subprocess.TimeoutExpired:
             state = {"mariadb": "unresponsive"}
         except (subprocess.CalledProcessError, OSError) as exc:
             err = getattr(exc, "stderr", "") or str(exc)
             state = {"mariadb": "down", "error": err.strip()[-200:]}
-        else:
-            lines = out.splitlines()  # a header, the SELECT's row, then SHOW's fields
-            cols = (lines[1].split("\t") + [""] * 7)[:7] if len(lines) > 1 else [""] * 7
-            slave = {}
-            for line in lines[2:]:
-                key, sep, value = line.partition(":")
-                if sep and not key.startswith("*"):
-                    slave[key.strip()] = value.strip()
-            state = {
-                "mariadb": "up",
-                "read_only": cols[0] == "1",
-                "gtid_current_pos": cols[1],
-                "gtid_binlog_state": cols[2],
-                "gtid_slave_pos": cols[3],
-                "semisync_master": cols[4] or "?",
-                "semisync_clients": int(cols[5] or 0),
-                "semisync_no_tx": int(cols[6] or 0),
-                "replicating_from": slave.get("Master_Host", ""),
-                "io_running": slave.get("Slave_IO_Running", ""),
-                "sql_running": slave.get("Slave_SQL_Running", ""),
-                "lag": slave.get("Seconds_Behind_Master", ""),
-            }
+        except (ValueError, IndexError) as exc:
+            state = {"mariadb": "unresponsive", "error": f"unreadable answer: {exc}"[:200]}
         state["at"] = started
         with self.lock:
             self.cache = state
@@ -115,7 +123,10 @@ class Agent:
 
     def reader(self):
         while True:
-            self.read()
+            try:
+                self.read()
+            except Exception as exc:  # the one reading thread must never die
+                log("error", where="reader", error=str(exc)[:200])
             time.sleep(0.25)
 
     def snapshot(self):
@@ -141,6 +152,7 @@ class Agent:
             name=self.cfg["name"],
             epoch=self.epoch,
             fenced=self.fenced,
+            fence_epoch=self.fence_epoch,
             fence_reason=self.fence_reason,
             lease=self.holds_lease(now),
             lease_remaining=round(max(self.controller_until, self.vouch_until) - now, 2),
@@ -168,6 +180,10 @@ class Agent:
         state = self.read()  # a lease means "answering now", never from an old read
         if state["mariadb"] != "up":
             return 503, state["mariadb"]
+        if state["read_only"] or state["replicating_from"]:
+            # Not a primary (it restarted read-only, or follows another): no lease, so the
+            # controller sees the primary is gone instead of renewing it forever.
+            return 503, "replica" if state["replicating_from"] else "read-only"
         with self.lock:
             self.epoch = epoch
             if self.fenced and epoch > self.fence_epoch:
@@ -186,9 +202,23 @@ class Agent:
             self.held_lease = False
         if not already:
             log("fenced", reason=reason, epoch=epoch)
-            threading.Thread(target=self.enforce_fence, daemon=True).start()
+        self.ensure_enforced()
+
+    def ensure_enforced(self):
+        with self.lock:
+            if self.enforcing:
+                return
+            self.enforcing = True
+        threading.Thread(target=self.enforce_fence, daemon=True).start()
 
     def enforce_fence(self):
+        try:
+            self._enforce()
+        finally:
+            with self.lock:
+                self.enforcing = False
+
+    def _enforce(self):
         """End the app's sessions, then read_only: retried until MariaDB has done both."""
         while self.fenced:
             try:
@@ -206,32 +236,40 @@ class Agent:
             time.sleep(0.2)
 
     def watch(self):
+        while True:
+            time.sleep(0.5)
+            try:
+                self.watch_once()
+            except Exception as exc:  # the lease must keep being watched
+                log("error", where="watch", error=str(exc)[:200])
+
+    def watch_once(self):
         """Renew the lease from replicas that receive from this node; fence on expiry."""
         peers, port = self.cfg["peers"], self.cfg["port"]
         me = self.cfg["address"]
-        while True:
-            time.sleep(0.5)
-            if not self.cfg["lease_required"]:
+        if self.fenced and self.snapshot().get("read_only") is False:
+            self.ensure_enforced()  # made writable again by hand or by a stale deploy
+        if not self.cfg["lease_required"]:
+            return
+        for peer in peers:
+            try:
+                url = f"http://{peer['address']}:{port}/state"
+                with urllib.request.urlopen(url, timeout=0.5) as res:
+                    st = json.load(res)
+            except (OSError, ValueError, http.client.HTTPException):
                 continue
-            for peer in peers:
-                try:
-                    url = f"http://{peer['address']}:{port}/state"
-                    with urllib.request.urlopen(url, timeout=0.5) as res:
-                        st = json.load(res)
-                except (OSError, ValueError):
-                    continue
-                if st.get("replicating_from") == me and st.get("io_running") == "Yes":
-                    with self.lock:
-                        if not self.fenced:
-                            self.vouch_until = time.monotonic() + self.cfg["lease_seconds"]
-            now = time.monotonic()
-            state = self.snapshot()
-            writable_here = state.get("mariadb") != "down" and not state.get("read_only", True)
-            if self.held_lease and not self.holds_lease(now) and not self.fenced:
-                if writable_here or state.get("mariadb") == "unresponsive":
-                    self.fence("lease expired: cut off from the controller and every replica")
-                else:
-                    self.held_lease = False
+            if st.get("replicating_from") == me and st.get("io_running") == "Yes":
+                with self.lock:
+                    if not self.fenced:
+                        self.vouch_until = time.monotonic() + self.cfg["lease_seconds"]
+        now = time.monotonic()
+        state = self.snapshot()
+        writable_here = state.get("mariadb") != "down" and not state.get("read_only", True)
+        if self.held_lease and not self.holds_lease(now) and not self.fenced:
+            if writable_here or state.get("mariadb") == "unresponsive":
+                self.fence("lease expired: cut off from the controller and every replica")
+            else:
+                self.held_lease = False
 
 
 def handler_for(agent):
@@ -255,8 +293,11 @@ def handler_for(agent):
                 # applying: the app reads here only while no primary answers, and a fenced
                 # old primary, cut off with its app host, still has all it had (stale).
                 st = agent.snapshot()
-                broken = st.get("replicating_from") and st.get("sql_running") != "Yes"
-                ok = st["mariadb"] == "up" and not broken
+                if st.get("replicating_from"):
+                    ok = st.get("sql_running") == "Yes"  # a replica that applies
+                else:
+                    ok = not st.get("read_only", True) and not agent.fenced  # the primary
+                ok = ok and st["mariadb"] == "up"
                 self.reply(200 if ok else 503, ("readable" if ok else st["mariadb"]) + "\n")
             elif self.path == "/state":
                 self.reply(200, json.dumps(agent.public_state()), "application/json")

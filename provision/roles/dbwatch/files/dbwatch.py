@@ -152,8 +152,14 @@ class Controller:
             # A switchover makes the new primary writable a moment before the old one
             # follows it; only a second writable node that stays is a split brain.
             self.split_since = self.split_since or time.monotonic()
-            if time.monotonic() - self.split_since >= self.cfg["split_brain_grace"]:
+            settled = time.monotonic() - self.split_since >= self.cfg["split_brain_grace"]
+            if settled and self.primary in writable:
                 self.split_brain(writable, stale)
+            elif settled and len(stale) == 1:
+                # The primary this controller remembers takes no writes, and one other node
+                # does and stays so: an operator promoted it (fab db.failover --force).
+                self.adopt(stale[0], f"{self.primary} is not writable; an operator promoted it")
+                return
         else:
             self.split_since = None
 
@@ -172,10 +178,11 @@ class Controller:
     def suspected(self, states, code, reply, now):
         p = self.primary
         own = states.get(p)
-        if code == 409:
-            # The agent holds a newer epoch: someone else promoted it. Never fight it.
+        if code == 409 and int(reply.get("epoch", 0)) > self.epoch:
+            # The agent holds a newer epoch: someone else leased it. Never fight it.
             self.once("stale-epoch", "stale-epoch", primary=p, reply=reply.get("result"))
             return
+        # (A 409 for a fence this controller set in an attempt that did not finish: go on.)
         if self.suspect_since is None:
             self.suspect_since = now
             seen = own or {}
@@ -186,7 +193,10 @@ class Controller:
             own.get("mariadb") == "down" or (own.get("mariadb") == "up" and own.get("read_only"))
         )
         if host_says_dead:
-            if now - self.suspect_since < self.cfg["confirm_seconds"]:
+            # Read-only takes longer to believe than "down": a planned switchover fences
+            # the primary for a moment before the new one is writable.
+            wait = self.cfg["confirm_seconds"] * (3 if own.get("read_only") else 1)
+            if now - self.suspect_since < wait:
                 return
         elif now - self.last_renewal < self.cfg["lease_seconds"]:
             return  # slow is not dead: the lease has not run out yet
@@ -225,7 +235,20 @@ class Controller:
             if code == 200:
                 fenced_at = time.monotonic()
                 log("fenced", node=old, by="its agent", t=t())
-        self.sql(new, "STOP SLAVE IO_THREAD")
+        try:
+            self.promote(old, new, fenced_at, t)
+        except Exception as exc:
+            # Leave the candidate receiving again; the next round starts over.
+            log("not-promoting", reason=f"promotion of {new} failed: {exc}"[:300], t=t())
+            try:
+                self.sql(new, "START SLAVE IO_THREAD")
+            except Exception as again:
+                log("error", error=f"restarting {new}'s IO thread: {again}"[:300])
+
+    def promote(self, old, new, fenced_at, t):
+        # MariaDB answers STOP SLAVE only once the IO thread gives up its connection
+        # attempt to a silent primary: seconds, more than the default 5 s budget at worst.
+        self.sql(new, "STOP SLAVE IO_THREAD", timeout=20)
         io_stopped = time.monotonic()
         log("receiving-stopped", node=new, t=t())
         received = ""
