@@ -42,6 +42,8 @@ MAX_TEXT = 1000
 MAX_BODY = 16 * 1024
 """Largest request body accepted, in bytes (nginx enforces the same limit)."""
 MAX_LIMIT = 100
+READ_RETRY_SECONDS = 0.6
+"""One more try of the reader endpoint after this long (its checks run every 0.5 s)."""
 
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -130,7 +132,13 @@ def read(sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
             return _rows(conn, sql, params)
         except mysql.connector.Error:
             pass
-    return _rows(mysql.connector.connect(**_settings("read_port")), sql, params)
+    try:
+        return _rows(mysql.connector.connect(**_settings("read_port")), sql, params)
+    except mysql.connector.Error:
+        # The reader's first choice may have just gone silent (a paused primary, before
+        # its check fails): half a second later the endpoint has moved on.
+        time.sleep(READ_RETRY_SECONDS)
+        return _rows(mysql.connector.connect(**_settings("read_port")), sql, params)
 
 
 def _rows(conn: Any, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
