@@ -48,7 +48,7 @@ LEASE_SECONDS = 3.0
 """How long a primary keeps taking writes once neither the controller nor a replica
 reaches it. The controller waits longer than this before it promotes anyone."""
 SEMISYNC_TIMEOUT_MS = 10000
-SLAVE_NET_TIMEOUT = 4
+SLAVE_NET_TIMEOUT = 2
 
 
 def primary_name(ctx: HostContext) -> str:

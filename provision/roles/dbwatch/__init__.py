@@ -29,8 +29,9 @@ HOME = "/etc/webinfra-testbed"
 SCRIPT = "/usr/local/lib/webinfra-testbed/dbwatch.py"
 CONFIG = f"{HOME}/dbwatch.json"
 CLIENT_CNF = f"{HOME}/dbwatch.cnf"
-CONFIRM_SECONDS = 1.0
-"""How long the primary's own agent must say MariaDB is down before that counts."""
+CONFIRM_SECONDS = 0.5
+"""How long the primary's own agent must say MariaDB is down (gone, or restarting after a
+crash) before that counts: two rounds. "Read-only" needs three times as long."""
 INTERVAL_SECONDS = 0.5
 FENCE_MARGIN_SECONDS = 1.5
 """Waited past the old primary's lease, for the writer endpoints' checks and clock skew."""

@@ -65,6 +65,16 @@ def sql(statement, timeout=1.0, names=False):
     ).stdout
 
 
+def restarting():
+    try:
+        unit = subprocess.run(
+            ["systemctl", "is-active", "mariadb"], capture_output=True, text=True, timeout=1
+        ).stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return unit in ("activating", "inactive", "failed", "deactivating")
+
+
 def parse(out):
     """The client's answer to QUERY: a header, the SELECT's row, then SHOW's fields."""
     lines = out.splitlines()
@@ -108,9 +118,16 @@ class Agent:
     def read(self):
         started = time.monotonic()
         try:
-            state = parse(sql(QUERY, names=True))  # SHOW SLAVE STATUS needs field names
+            try:
+                state = parse(sql(QUERY, 0.4, names=True))  # SHOW SLAVE STATUS: field names
+            except subprocess.TimeoutExpired:
+                # Slow is not dead, unless systemd says the server is (re)starting: then
+                # it crashed or was killed, and comes back read-only after its recovery.
+                if restarting():
+                    raise
+                state = parse(sql(QUERY, 0.6, names=True))
         except subprocess.TimeoutExpired:
-            state = {"mariadb": "unresponsive"}
+            state = {"mariadb": "down" if restarting() else "unresponsive"}
         except (subprocess.CalledProcessError, OSError) as exc:
             err = getattr(exc, "stderr", "") or str(exc)
             state = {"mariadb": "down", "error": err.strip()[-200:]}

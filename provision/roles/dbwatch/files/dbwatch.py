@@ -173,6 +173,9 @@ class Controller:
                     after_s=round(now - self.suspect_since, 2))  # fmt: skip
             self.suspect_since, self.said = None, set()
             return
+        if reply.get("mariadb"):
+            # The agent read MariaDB afresh to answer the renewal: newer than its /state.
+            states[self.primary] = reply
         self.suspected(states, code, reply, now)
 
     def suspected(self, states, code, reply, now):
