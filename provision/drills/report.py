@@ -232,7 +232,8 @@ def plot_timeline(history: History, verdict: Verdict, path: Path | str) -> None:
         if failed:
             fig.text(0.5, 0.947, f"failed: {failed}", ha="center", fontsize=10, color=FAULT_COLOR)
         fig.text(0.5, 0.922, _subtitle(verdict), ha="center", fontsize=10, color="#333333")
-        fig.subplots_adjust(left=0.07, right=0.85, top=0.85, bottom=0.06)
+        # Room above the top panel for MAX_LABEL_ROWS rows of event names under the titles.
+        fig.subplots_adjust(left=0.07, right=0.85, top=0.82, bottom=0.06)
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
@@ -413,6 +414,9 @@ def _mark_fault_and_events(ax: Axes, history: History) -> None:
             ax.axvline(history.rel(e.t), color="#555555", ls="--", lw=0.8, alpha=0.7)
 
 
+MAX_LABEL_ROWS = 4
+
+
 def _label_events(ax: Axes, history: History, lo: float, hi: float) -> None:
     """Event names above the top panel, on as many rows as it takes not to overlap."""
     start, end = history.fault_window
@@ -429,7 +433,9 @@ def _label_events(ax: Axes, history: History, lo: float, hi: float) -> None:
         if not lo <= x <= hi:
             continue
         row = next((r for r, free in enumerate(rows) if x >= free), len(rows))
-        if row == len(rows):
+        if row == len(rows) == MAX_LABEL_ROWS:
+            row = min(range(len(rows)), key=lambda r: rows[r])  # the least crowded row
+        elif row == len(rows):
             rows.append(0.0)
         rows[row] = x + (len(text) + 2) * per_char
         ax.annotate(
