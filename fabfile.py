@@ -1,18 +1,65 @@
 """Fabric tasks of webinfra-testbed. `fab -l` lists them; `fab --help TASK` explains one.
 
-The logic lives in provision/; this file only declares the tasks.
+The logic lives in provision/ops/ (one module per concern); this file only declares the
+tasks. Every task exits the same way:
+
+  0  done;
+  1  it ran and found a failure (a deploy step failed, a drill's invariant broke,
+     a host is down in `fab status`);
+  2  it could not run, or refused to (bad input, a host unreachable before anything
+     started, a database operation that would lose writes); the message names the host,
+     the input or the step.
+
+`--inventory FILE` (or $TESTBED_INVENTORY) reaches real servers instead of Vagrant's machines
+(docs/inventory.md).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fabric import task
 from invoke import Collection, Context
 from invoke.exceptions import Exit
 
-from provision import tasks
+from provision import secrets
+from provision.engine import StepError
+from provision.inventory import InventoryError
+from provision.ops import db as dbops
+from provision.ops import deploy as deploy_ops
+from provision.ops import firewall_view, machines
+from provision.ops import status as status_ops
+from provision.ops import tls as tls_ops
+from provision.ops.common import TaskError, endpoints, load
+from provision.power import PowerError
 
 TOPOLOGY_HELP = "topology name or file (default: $TESTBED_TOPOLOGY or seed)"
-INVENTORY_HELP = "YAML inventory of real servers instead of Vagrant (see docs/inventory.md)"
+INVENTORY_HELP = (
+    "YAML inventory of real servers instead of Vagrant (default: $TESTBED_INVENTORY; "
+    "see docs/inventory.md)"
+)
+CANNOT_RUN = (TaskError, StepError, InventoryError, PowerError)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exits(name: str) -> Callable[[F], F]:
+    """Turn an error that stopped the task before or while it ran into exit code 2,
+    with the task's name in front of the message."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except CANNOT_RUN as exc:
+                raise Exit(f"{name}: {exc}", code=2) from None
+
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 @task(
@@ -23,93 +70,101 @@ INVENTORY_HELP = "YAML inventory of real servers instead of Vagrant (see docs/in
         "option": "override topology options for this run, e.g. reencrypt=true",
     }
 )
+@exits("deploy")
 def deploy(
     c: Context, topology: str = "", inventory: str = "", only: str = "", option: str = ""
 ) -> None:
     """Configure every machine, role by role; prints what changed."""
-    try:
-        report = tasks.deploy(topology, inventory, only, option)
-    except tasks.TaskError as exc:
-        raise Exit(f"deploy: {exc}", code=2) from None
+    report = deploy_ops.deploy(topology, inventory, only, option)
     if report.failures:
         raise Exit(code=1)
 
 
 @task(help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP})
+@exits("status")
 def status(c: Context, topology: str = "", inventory: str = "") -> None:
     """Show each machine, its roles and whether its services are up."""
-    try:
-        results = tasks.status(topology, inventory)
-    except tasks.TaskError as exc:
-        raise Exit(f"status: {exc}", code=2) from None
+    results = status_ops.status(topology, inventory)
     if not results or not all(r.reachable for r in results):
         raise Exit(code=1)
 
 
-@task(help={"topology": TOPOLOGY_HELP})
-def endpoints(c: Context, topology: str = "") -> None:
+@task(name="endpoints", help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP})
+@exits("endpoints")
+def endpoints_(c: Context, topology: str = "", inventory: str = "") -> None:
     """Print the URLs and commands a user opens."""
-    try:
-        print("\n".join(tasks.endpoint_lines(tasks.load(topology))))
-    except tasks.TaskError as exc:
-        raise Exit(f"endpoints: {exc}", code=2) from None
+    print("\n".join(status_ops.endpoint_lines(load(topology), inventory or None)))
 
 
 @task(help={"topology": TOPOLOGY_HELP})
+@exits("destroy")
 def destroy(c: Context, topology: str = "") -> None:
     """Remove every container, network and volume of the testbed."""
-    try:
-        tasks.destroy(topology)
-    except tasks.TaskError as exc:
-        raise Exit(f"destroy: {exc}", code=2) from None
+    machines.destroy(topology)
+
+
+@task(
+    name="inventory",
+    help={
+        "topology": TOPOLOGY_HELP,
+        "out": "file to write (default: print it)",
+    },
+)
+@exits("inventory")
+def inventory_(c: Context, topology: str = "", out: str = "") -> None:
+    """Write an inventory file that reaches the running machines without Vagrant.
+
+    Each host by its own address and sshd (not Vagrant's forwarded port), the site by the
+    load balancer's address, and power commands that stop and start each machine. Then
+    `fab deploy --inventory FILE` and `pytest acceptance/ --inventory FILE` run exactly as
+    they would against real servers (docs/inventory.md)."""
+    text = machines.export_inventory(load(topology))
+    if out:
+        machines.write_private(out, text)
+        print(f"Wrote {out} (mode 0600).")
+    else:
+        print(text, end="")
 
 
 @task(name="show", help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP})
+@exits("firewall.show")
 def firewall_show(c: Context, topology: str = "", inventory: str = "") -> None:
     """Print each host's live firewall as a matrix: which sources reach which ports."""
-    try:
-        tasks.firewall_show(topology, inventory)
-    except tasks.TaskError as exc:
-        raise Exit(f"firewall.show: {exc}", code=2) from None
+    firewall_view.show(topology, inventory)
 
 
 @task
 def ca(c: Context) -> None:
     """Print the path of the testbed CA certificate (to trust it in a browser or curl)."""
-    print(tasks.ca_path())
+    print(secrets.ca_cert_path())
 
 
 @task(name="renew", help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP})
+@exits("tls.renew")
 def tls_renew(c: Context, topology: str = "", inventory: str = "") -> None:
     """Issue a new site certificate and reload HAProxy with it (no dropped connection)."""
-    try:
-        report = tasks.tls_renew(topology, inventory)
-    except tasks.TaskError as exc:
-        raise Exit(f"tls.renew: {exc}", code=2) from None
+    report = tls_ops.tls_renew(topology, inventory)
     if report.failures:
         raise Exit(code=1)
-
-
-def _db(action: str, topology: str, inventory: str, **kwargs: str | bool) -> None:
-    try:
-        tasks.db_task(action, topology, inventory, **kwargs)
-    except tasks.TaskError as exc:
-        raise Exit(f"db.{action}: {exc}", code=1) from None
 
 
 DB_HELP = {"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP}
 
 
 @task(name="status", help=DB_HELP)
+@exits("db.status")
 def db_status(c: Context, topology: str = "", inventory: str = "") -> None:
     """Show each database node: role, GTID position, threads, lag, semi-sync."""
-    _db("status", topology, inventory)
+    topo = load(topology)
+    dbops.print_status(topo, endpoints(topo, inventory))
 
 
 @task(name="switchover", help={**DB_HELP, "target": "replica to promote (default: most advanced)"})
+@exits("db.switchover")
 def db_switchover(c: Context, topology: str = "", inventory: str = "", target: str = "") -> None:
     """Planned switchover: no acknowledged write lost; prints the write pause."""
-    _db("switchover", topology, inventory, target=target)
+    topo = load(topology)
+    dbops.switchover(topo, endpoints(topo, inventory), target)
 
 
 @task(
@@ -120,9 +175,11 @@ def db_switchover(c: Context, topology: str = "", inventory: str = "", target: s
         "failover is on (you vouch that it is down)",
     },
 )
+@exits("db.failover")
 def db_failover(c: Context, topology: str = "", inventory: str = "", force: bool = False) -> None:
     """Fence the lost primary (STONITH over SSH), then promote the most advanced replica."""
-    _db("failover", topology, inventory, force=force)
+    topo = load(topology)
+    dbops.failover(topo, endpoints(topo, inventory), force=force)
 
 
 @task(
@@ -133,25 +190,31 @@ def db_failover(c: Context, topology: str = "", inventory: str = "", force: bool
         "discard": "throw away the transactions it has that the primary lacks (listed first)",
     },
 )
+@exits("db.rejoin")
 def db_rejoin(
     c: Context, host: str, topology: str = "", inventory: str = "", discard: bool = False
 ) -> None:
     """Rebuild a node (e.g. a returning old primary) as a replica of the current primary."""
-    _db("rejoin", topology, inventory, host=host, discard=discard)
+    topo = load(topology)
+    dbops.rejoin(topo, endpoints(topo, inventory), host, discard=discard)
 
 
 @task(name="backup", help=DB_HELP)
+@exits("db.backup")
 def db_backup(c: Context, topology: str = "", inventory: str = "") -> None:
     """Take a consistent dump of the primary into .testbed/backups/ (0600)."""
-    _db("backup", topology, inventory)
+    topo = load(topology)
+    dbops.backup(topo, endpoints(topo, inventory))
 
 
 @task(name="restore", help={**DB_HELP, "host": "replica to restore onto", "file": "backup file"})
+@exits("db.restore")
 def db_restore(
     c: Context, host: str, file: str = "", topology: str = "", inventory: str = ""
 ) -> None:
     """Restore a backup onto a replica and let it catch up; compares row counts and checksums."""
-    _db("restore", topology, inventory, host=host, file=file)
+    topo = load(topology)
+    dbops.restore(topo, endpoints(topo, inventory), host, file)
 
 
 @task(
@@ -200,7 +263,8 @@ def drill(
     Faults:
       kill       SIGKILL the target's services (db: mariadbd; web/app: nginx and gunicorn,
                  unit testbed-app; lb: haproxy); heal: systemctl start them.
-      stop       vagrant halt HOST, then vagrant up HOST (both timed).
+      stop       vagrant halt HOST, then vagrant up HOST (both timed); with an
+                 inventory, its power.stop and power.start commands.
       pause      SIGSTOP (db: mariadbd only; web/app: nginx and gunicorn; lb: haproxy);
                  heal: SIGCONT.
       partition  iptables DROP between the target and --peers, both directions, in a DRILL
@@ -239,4 +303,4 @@ def drill(
 firewall = Collection("firewall", firewall_show)
 dbns = Collection("db", db_status, db_switchover, db_failover, db_rejoin, db_backup, db_restore)
 tls = Collection("tls", tls_renew)
-ns = Collection(deploy, status, endpoints, destroy, ca, drill, firewall, tls, dbns)
+ns = Collection(deploy, status, endpoints_, inventory_, destroy, ca, drill, firewall, tls, dbns)

@@ -1,25 +1,48 @@
 """Acceptance tests run against the real machines of a running, deployed testbed.
 
-Hosts come from `vagrant ssh-config` (written once per session to
-.testbed/ssh-config) and from the same topology file the deploy used, so a
-failure names the host and the case. Bring the testbed up with ./testbed up.
+Where the machines are: Vagrant's (``vagrant ssh-config``) by default, or any servers
+listed in an inventory file, with ``pytest acceptance/ --inventory FILE`` or
+``$TESTBED_INVENTORY`` (docs/inventory.md). The same suite runs either way: tests find
+hosts by role in the topology file the deploy used, and every `fab` they run gets the
+same inventory. Bring the Vagrant testbed up with ./testbed up.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import testinfra
 
-from provision import PROJECT_ROOT, STATE_DIR, topology
-from provision.inventory import Endpoint, parse_ssh_config
+from provision import STATE_DIR, inventory, topology
+from provision.inventory import Endpoint
+from provision.power import Power
 
 TOPOLOGY = topology.load()
 HOST_NAMES = [h.name for h in TOPOLOGY]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--inventory",
+        default=os.environ.get(inventory.INVENTORY_ENV, ""),
+        help="YAML inventory of the servers to test instead of Vagrant's machines "
+        f"(default: ${inventory.INVENTORY_ENV}; docs/inventory.md)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    given = config.getoption("--inventory", default="")
+    if given:
+        # Every fab a test runs, and provision's own lookups, use the same servers.
+        os.environ[inventory.INVENTORY_ENV] = str(Path(given).resolve())
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = inventory.selected() or "Vagrant (vagrant ssh-config)"
+    return f"testbed: topology {TOPOLOGY.name!r}, machines from {where}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,41 +52,49 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
 
-def fab(*args: str) -> str:
-    """Run a Fabric task as a user would; fail the test with its output if it fails."""
-    res = subprocess.run(
-        [sys.executable, "-m", "fabric", *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    return res.stdout
+@pytest.fixture(scope="session")
+def endpoints() -> dict[str, Endpoint]:
+    try:
+        return inventory.load(TOPOLOGY)
+    except inventory.InventoryError as exc:
+        pytest.fail(
+            f"cannot reach the machines: {exc} (is the testbed up? ./testbed up)", pytrace=False
+        )
 
 
 @pytest.fixture(scope="session")
-def ssh_config() -> Path:
-    res = subprocess.run(
-        ["vagrant", "ssh-config"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
-    )
-    if res.returncode != 0:
-        pytest.fail(
-            "`vagrant ssh-config` failed: is the testbed up? (./testbed up)\n" + res.stderr,
-            pytrace=False,
-        )
+def ssh_config(endpoints: dict[str, Endpoint]) -> Path:
+    """An ssh_config naming every host, written from the endpoints (Vagrant or inventory)."""
     STATE_DIR.mkdir(mode=0o700, exist_ok=True)
-    path = STATE_DIR / "ssh-config"
-    path.write_text(res.stdout)
+    path = STATE_DIR / "ssh-config-acceptance"
+    blocks = []
+    for ep in endpoints.values():
+        lines = [
+            f"Host {ep.name}",
+            f"  HostName {ep.hostname}",
+            f"  Port {ep.port}",
+            f"  User {ep.user}",
+        ]
+        if ep.key_file:
+            lines += [f'  IdentityFile "{ep.key_file}"', "  IdentitiesOnly yes"]
+        lines += ["  StrictHostKeyChecking no", "  UserKnownHostsFile /dev/null"]
+        blocks.append("\n".join(lines))
+    path.write_text("\n\n".join(blocks) + "\n")
     path.chmod(0o600)
     return path
 
 
-@pytest.fixture(scope="session")
-def endpoints(ssh_config: Path) -> dict[str, Endpoint]:
-    return parse_ssh_config(ssh_config.read_text())
+def connect(name: str, ssh_config: Path) -> testinfra.host.Host:
+    """A fresh testinfra connection to `name` (root through sudo)."""
+    return testinfra.get_host(f"paramiko://{name}", ssh_config=str(ssh_config), sudo=True)
 
 
 @pytest.fixture(scope="session")
 def machines(ssh_config: Path) -> Iterator[dict[str, testinfra.host.Host]]:
-    yield {
-        name: testinfra.get_host(f"paramiko://{name}", ssh_config=str(ssh_config), sudo=True)
-        for name in HOST_NAMES
-    }
+    yield {name: connect(name, ssh_config) for name in HOST_NAMES}
+
+
+@pytest.fixture(scope="session")
+def power(endpoints: dict[str, Endpoint]) -> Power:
+    """Stops and starts whole machines (Vagrant, or the inventory's power commands)."""
+    return Power(TOPOLOGY, endpoints)

@@ -10,21 +10,27 @@ from collections.abc import Callable, Iterator
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY, fab
+from acceptance.conftest import TOPOLOGY
 from acceptance.probe import probe_script
-from acceptance.site import request
-from provision import dbcluster, engine, secrets
+from acceptance.site import JSON, request
+from provision import dbcluster, engine, layout, secrets
 from provision.inventory import Endpoint
 from provision.roles import db
-from provision.tasks import db_states
+from provision.testkit import fab
 
-JSON = {"Content-Type": "application/json"}
-DB_PORT = next(f.port for f in TOPOLOGY.flows if f.source == "app" and f.dest == "db-primary")
+DB_PORT = TOPOLOGY.port("mysql")
+# Hosts that no flow lets reach the database port (seed: lb1, monitor, client; with
+# automatic failover on, the monitor reaches it by design and is not an outsider).
+OUTSIDERS = [
+    h.name
+    for h in TOPOLOGY
+    if not any(f.service == "mysql" and h.has_role(f.source) for f in TOPOLOGY.flows)
+]
 
 
 @pytest.fixture
 def states(endpoints: dict[str, Endpoint]) -> dict[str, dbcluster.NodeState]:
-    return db_states(TOPOLOGY, endpoints)
+    return dbcluster.states(TOPOLOGY, endpoints)
 
 
 @pytest.fixture
@@ -75,7 +81,7 @@ def test_every_replica_replicates_with_gtid(
         s = states[name]
         assert s.using_gtid == "Slave_Pos", name
         assert (s.io_running, s.sql_running) == ("Yes", "Yes"), (name, s.last_error)
-        assert s.replicating_from == db.private_address(TOPOLOGY, TOPOLOGY.hosts[primary])
+        assert s.replicating_from == dbcluster.node_address(TOPOLOGY, TOPOLOGY.hosts[primary])
         assert s.read_only
 
 
@@ -145,17 +151,17 @@ def test_a_note_written_through_the_api_is_on_every_replica_within_a_second(
 
 def test_a_replica_refuses_a_direct_write(remote: Opener, replicas: list[str]) -> None:
     name = replicas[0]
-    address = db.private_address(TOPOLOGY, TOPOLOGY.hosts[name])
+    address = dbcluster.node_address(TOPOLOGY, TOPOLOGY.hosts[name])
     res = as_user(
         remote(name),
-        db.APP_USER, secrets.password("db-app"), address,
+        layout.APP_USER, secrets.password("db-app"), address,
         "INSERT INTO testbed.notes (text, server) VALUES ('direct', 'test')",
     )  # fmt: skip
     assert not res.ok
     assert "read-only" in res.stderr or "1290" in res.stderr, res.stderr
 
 
-@pytest.mark.parametrize("source", ["lb1", "client", "monitor"])
+@pytest.mark.parametrize("source", OUTSIDERS)
 def test_the_app_user_cannot_reach_the_database_from_outside_the_app_hosts(
     machines: dict[str, testinfra.host.Host], primary: str, source: str
 ) -> None:
@@ -170,7 +176,7 @@ def test_the_app_user_cannot_reach_the_database_from_outside_the_app_hosts(
 def test_the_app_user_exists_only_for_the_app_hosts(remote: Opener, primary: str) -> None:
     rows = dbcluster.mysql(
         remote(primary),
-        f"SELECT Host FROM mysql.user WHERE User = '{db.APP_USER}' ORDER BY Host;",
+        f"SELECT Host FROM mysql.user WHERE User = '{layout.APP_USER}' ORDER BY Host;",
     )
     expected = sorted(src for _, src in db.app_clients(TOPOLOGY, TOPOLOGY.hosts[primary]))
     assert [r[0] for r in rows] == expected
@@ -179,7 +185,7 @@ def test_the_app_user_exists_only_for_the_app_hosts(remote: Opener, primary: str
 def test_the_replication_user_cannot_read_the_app_tables(
     remote: Opener, primary: str, replicas: list[str]
 ) -> None:
-    address = db.private_address(TOPOLOGY, TOPOLOGY.hosts[primary])
+    address = dbcluster.node_address(TOPOLOGY, TOPOLOGY.hosts[primary])
     res = as_user(
         remote(replicas[0]),
         dbcluster.REPL_USER, dbcluster.repl_password(), address,

@@ -8,37 +8,35 @@ planned switchover back, so the cluster is as the topology starts it.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from acceptance.conftest import TOPOLOGY, fab
-from acceptance.drill import JSON, Writer
-from acceptance.site import request
-from provision import PROJECT_ROOT, dbcluster, engine
+from acceptance.conftest import TOPOLOGY
+from acceptance.site import SITE_CLIENT
+from provision import dbcluster, engine
 from provision.inventory import Endpoint
-from provision.tasks import db_states
+from provision.power import Power
+from provision.testkit import Writer, fab, not_present_once, semisync_status, wait_semisync_on
+
+_OPENED: list[engine.Remote] = []
 
 
-class _Conn(engine.Remote):
-    def __enter__(self) -> engine.Remote:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _remote(endpoints: dict[str, Endpoint], name: str) -> _Conn:
-    r = _Conn(TOPOLOGY.hosts[name], endpoints[name])
+def _remote(endpoints: dict[str, Endpoint], name: str) -> engine.Remote:
+    """An open connection to `name`: `with _remote(...) as r:` closes it at the block's
+    end; any other is closed after the test (the `closes_connections` fixture)."""
+    r = engine.Remote(TOPOLOGY.hosts[name], endpoints[name])
     r.connect()
+    _OPENED.append(r)
     return r
 
 
-def _semisync(r: engine.Remote) -> dict[str, str]:
-    rows = dbcluster.mysql(r, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%';")
-    return {row[0]: row[1] for row in rows if len(row) == 2}
+@pytest.fixture(autouse=True)
+def closes_connections() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 def _read_only_when_back(r: engine.Remote, name: str, limit: float = 60) -> bool:
@@ -50,22 +48,11 @@ def _read_only_when_back(r: engine.Remote, name: str, limit: float = 60) -> bool
     return rows == [["1"]]
 
 
-def _present_once(r: engine.Remote, acked: dict[str, int]) -> list[str]:
-    """Texts of acknowledged notes that are missing or duplicated on node `r`."""
-    prefix = next(iter(acked)).rsplit("-", 1)[0]
-    rows = dbcluster.mysql(
-        r,
-        f"SELECT text, COUNT(*) FROM testbed.notes WHERE text LIKE '{prefix}-%' GROUP BY text;",
-    )
-    counts = {text: int(n) for text, n in rows}
-    return [t for t in acked if counts.get(t) != 1]
-
-
 @pytest.fixture
 def healthy_cluster(endpoints: dict[str, Endpoint]) -> None:
     """Every node but the primary replicates (an earlier interrupted drill may have left one
     fenced): rejoin any that does not."""
-    states = db_states(TOPOLOGY, endpoints)
+    states = dbcluster.states(TOPOLOGY, endpoints)
     primary = dbcluster.discover_primary(TOPOLOGY, states)
     for name, state in states.items():
         if name != primary and state.role != "replica":
@@ -75,14 +62,14 @@ def healthy_cluster(endpoints: dict[str, Endpoint]) -> None:
 @pytest.mark.disruptive
 @pytest.mark.usefixtures("healthy_cluster")
 def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, Endpoint]) -> None:
-    states = db_states(TOPOLOGY, endpoints)
+    states = dbcluster.states(TOPOLOGY, endpoints)
     old = dbcluster.discover_primary(TOPOLOGY, states)
     old_r = _remote(endpoints, old)
-    at_start = _semisync_on(old_r)
-    writer = Writer().start()
+    at_start = wait_semisync_on(SITE_CLIENT, old_r, 15)
+    writer = Writer(SITE_CLIENT).start()
     try:
         time.sleep(3)
-        before = _semisync(old_r)
+        before = semisync_status(old_r)
         assert before["Rpl_semi_sync_master_status"] == "ON"
         fault = time.monotonic()
         old_r.run("pkill -9 -x mariadbd")  # systemd restarts it, read-only (fenced)
@@ -103,10 +90,10 @@ def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, En
         f"{len(writer.acked)} writes acknowledged\n{out}"
     )
     assert outage < 60, "writes never came back"
-    new = dbcluster.discover_primary(TOPOLOGY, db_states(TOPOLOGY, endpoints))
+    new = dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, endpoints))
     assert new != old
     new_r = _remote(endpoints, new)
-    assert _present_once(new_r, writer.acked) == []
+    assert not_present_once(new_r, writer.acked) == []
     # Semi-sync stayed on up to the fault: no write under load was committed without the
     # replica's acknowledgement.
     assert before["Rpl_semi_sync_master_no_tx"] == at_start["Rpl_semi_sync_master_no_tx"]
@@ -118,10 +105,10 @@ def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, En
     # An old primary killed mid-commit may hold a transaction no client saw acknowledged;
     # the operator discards it explicitly (rejoin lists it first).
     fab("db.rejoin", "--host", old, "--discard")
-    rejoined = db_states(TOPOLOGY, endpoints)[old]
+    rejoined = dbcluster.states(TOPOLOGY, endpoints)[old]
     assert (rejoined.role, rejoined.io_running, rejoined.sql_running) == ("replica", "Yes", "Yes")
     dbcluster.wait_applied(old_r, dbcluster.mysql(new_r, "SELECT @@gtid_binlog_pos;")[0][0])
-    assert _present_once(old_r, writer.acked) == []
+    assert not_present_once(old_r, writer.acked) == []
 
 
 @pytest.fixture
@@ -144,34 +131,24 @@ def _wait_writes_back(writer: Writer, fault: float, limit: float = 60) -> None:
         time.sleep(0.2)
 
 
-def _semisync_on(r: engine.Remote) -> dict[str, str]:
-    """Wait until the primary's semi-sync is on (a write may be needed to turn it back on
-    after a quiet spell); its status counters then."""
-    deadline = time.monotonic() + 15
-    while _semisync(r)["Rpl_semi_sync_master_status"] != "ON":
-        assert time.monotonic() < deadline, "semi-sync did not come on before the drill"
-        request("POST", "/api/notes", '{"text": "semi-sync warm-up"}', JSON)
-        time.sleep(0.2)
-    return _semisync(r)
-
-
-def _drill(endpoints: dict[str, Endpoint], fault_cmd: list[str] | str, old: str) -> Writer:
+def _drill(endpoints: dict[str, Endpoint], fault_cmd: str | None, old: str, power: Power) -> Writer:
+    """Writes under a fault on `old`: `fault_cmd` run on it, or (None) its machine stopped."""
     with _remote(endpoints, old) as r:
-        at_start = _semisync_on(r)
-    writer = Writer().start()
+        at_start = wait_semisync_on(SITE_CLIENT, r, 15)
+    writer = Writer(SITE_CLIENT).start()
     try:
         time.sleep(2)
         with _remote(endpoints, old) as r:
-            before = _semisync(r)
+            before = semisync_status(r)
         # Semi-sync stayed on up to the fault: nothing was committed unacknowledged.
         assert before["Rpl_semi_sync_master_status"] == "ON"
         assert before["Rpl_semi_sync_master_no_tx"] == at_start["Rpl_semi_sync_master_no_tx"]
         fault = time.monotonic()
-        if isinstance(fault_cmd, str):
+        if fault_cmd is not None:
             with _remote(endpoints, old) as r:
                 r.run(fault_cmd)
         else:
-            subprocess.run(fault_cmd, cwd=PROJECT_ROOT, capture_output=True, check=True)
+            power.run("stop", old)
         _wait_writes_back(writer, fault)
         time.sleep(2)
     finally:
@@ -191,13 +168,13 @@ def _dbwatch_log(endpoints: dict[str, Endpoint]) -> list[dict[str, object]]:
 # SIGKILL, pause and partition of the primary with dbwatch: test_drills.py, under Locust.
 @pytest.mark.parametrize("fault", ["stop-machine"])
 def test_automatic_failover_keeps_the_service_answering_and_loses_nothing(
-    endpoints: dict[str, Endpoint], fault: str
+    endpoints: dict[str, Endpoint], power: Power, fault: str
 ) -> None:
-    old = dbcluster.discover_primary(TOPOLOGY, db_states(TOPOLOGY, endpoints))
-    fault_cmd: list[str] | str = (
-        "pkill -9 -x mariadbd" if fault == "kill-mariadbd" else ["vagrant", "halt", old]
-    )
-    writer = _drill(endpoints, fault_cmd, old)
+    old = dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, endpoints))
+    if fault == "stop-machine" and not power.available(old):
+        pytest.skip(f"the inventory gives no power commands for {old} (docs/inventory.md)")
+    fault_cmd = "pkill -9 -x mariadbd" if fault == "kill-mariadbd" else None
+    writer = _drill(endpoints, fault_cmd, old, power)
     outage = writer.outage_after(writer.fault)  # type: ignore[attr-defined]
     events = [e for e in _dbwatch_log(endpoints) if e["event"] == "failover"]
     print(
@@ -205,17 +182,17 @@ def test_automatic_failover_keeps_the_service_answering_and_loses_nothing(
         f"client saw it, {len(writer.acked)} writes acknowledged; dbwatch: {events[-1:]}"
     )
     assert outage < 30, "the service did not come back"
-    new = dbcluster.discover_primary(TOPOLOGY, db_states(TOPOLOGY, endpoints))
+    new = dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, endpoints))
     assert new != old
     with _remote(endpoints, new) as r:
-        assert _present_once(r, writer.acked) == []
+        assert not_present_once(r, writer.acked) == []
     assert events and events[-1]["new"] == new
     if fault == "stop-machine":
-        subprocess.run(["vagrant", "up", old], cwd=PROJECT_ROOT, capture_output=True, check=True)
+        power.run("start", old)
     with _remote(endpoints, old) as r:
         assert _read_only_when_back(r, old)
     fab("db.rejoin", "--host", old, "--discard")
-    assert db_states(TOPOLOGY, endpoints)[old].role == "replica"
+    assert dbcluster.states(TOPOLOGY, endpoints)[old].role == "replica"
 
 
 @pytest.mark.disruptive
@@ -224,11 +201,11 @@ def test_a_planned_switchover_under_writes_loses_nothing_and_restores_the_topolo
     endpoints: dict[str, Endpoint],
 ) -> None:
     home = TOPOLOGY.with_role("db-primary")[0].name
-    current = dbcluster.discover_primary(TOPOLOGY, db_states(TOPOLOGY, endpoints))
+    current = dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, endpoints))
     target = home
     if current == home:
         target = [h.name for h in TOPOLOGY.in_tier("db") if h.name != current][0]
-    writer = Writer().start()
+    writer = Writer(SITE_CLIENT).start()
     try:
         time.sleep(2)
         fault = time.monotonic()
@@ -241,11 +218,11 @@ def test_a_planned_switchover_under_writes_loses_nothing_and_restores_the_topolo
         f"{writer.outage_after(fault):.2f} s\n{out}"
     )
     assert "Write pause" in out
-    assert dbcluster.discover_primary(TOPOLOGY, db_states(TOPOLOGY, endpoints)) == target
+    assert dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, endpoints)) == target
     primary_r, replica_r = _remote(endpoints, target), _remote(endpoints, current)
-    assert _present_once(primary_r, writer.acked) == []
+    assert not_present_once(primary_r, writer.acked) == []
     # The demoted node follows: once it has applied all the primary has, it has them too.
     dbcluster.wait_applied(replica_r, dbcluster.mysql(primary_r, "SELECT @@gtid_binlog_pos;")[0][0])
-    assert _present_once(replica_r, writer.acked) == []
+    assert not_present_once(replica_r, writer.acked) == []
     if target != home:  # leave the cluster as the topology starts it
         fab("db.switchover", "--target", home)

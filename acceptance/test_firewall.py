@@ -9,6 +9,7 @@ service listens yet, so an allowed flow connects and a forbidden one times out.
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import time
 from collections.abc import Iterator
@@ -22,21 +23,31 @@ from acceptance.probe import LISTENER, probe_script
 FLOW_PORTS = sorted({f.port for f in TOPOLOGY.flows if f.proto == "tcp"})
 PORTS = sorted({22, *FLOW_PORTS})
 PAIRS = [(s, d) for s in HOST_NAMES for d in HOST_NAMES if s != d]
+CLIENT = TOPOLOGY.with_role("client")[0]
+LB = TOPOLOGY.with_role("lb")[0]
 Machines = dict[str, testinfra.host.Host]
 
 
 def _listening(machine: testinfra.host.Host) -> set[tuple[str, int]]:
-    out = machine.check_output("ss -ltnH | awk '{print $4}'")
+    """(address, port) of every listening TCP socket (ss, through testinfra's socket module)."""
     result = set()
-    for local in out.split():
-        addr, _, port = local.rpartition(":")
-        result.add((addr.strip("[]"), int(port)))
+    for spec in machine.socket.get_listening_sockets():
+        proto, _, local = spec.partition("://")
+        if proto == "tcp":
+            addr, _, port = local.rpartition(":")
+            result.add((addr, int(port)))
     return result
 
 
 def _addresses(machine: testinfra.host.Host, family: str = "inet") -> list[str]:
-    out = machine.check_output(f"ip -o -f {family} addr show scope global | awk '{{print $4}}'")
-    return [a.split("/")[0] for a in out.split()]
+    """Every global address of `family` on every interface (loopback and link-local left out,
+    as `ip addr show scope global` leaves them out)."""
+    return [
+        addr
+        for name in machine.interface.names()
+        for addr in machine.interface(name, family).addresses
+        if not (ip := ipaddress.ip_address(addr)).is_loopback and not ip.is_link_local
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +80,6 @@ def addresses(machines: Machines) -> dict[str, list[str]]:
 
 
 def _network_of(address: str) -> str | None:
-    import ipaddress
-
     for net in TOPOLOGY.networks.values():
         if ipaddress.ip_address(address) in net.cidr:
             return net.name
@@ -115,15 +124,16 @@ def test_connection_succeeds_exactly_when_the_topology_allows_it(
     assert not wrong, f"{source} -> {dest}: " + "; ".join(wrong)
 
 
-def test_a_scan_from_the_client_finds_only_80_and_443_on_the_load_balancer(
+def test_a_scan_from_the_client_finds_only_the_site_ports_on_the_load_balancers(
     machines: Machines, listeners: None, addresses: dict[str, list[str]]
 ) -> None:
-    client = machines["client"]
-    client.check_output(
-        "command -v nmap >/dev/null || DEBIAN_FRONTEND=noninteractive "
-        "apt-get install -y -q --no-install-recommends nmap >/dev/null"
-    )
-    targets = sorted({a for name in HOST_NAMES if name != "client" for a in addresses[name]})
+    client = machines[CLIENT.name]
+    if not client.package("nmap").is_installed:
+        client.check_output(
+            "DEBIAN_FRONTEND=noninteractive "
+            "apt-get install -y -q --no-install-recommends nmap >/dev/null"
+        )
+    targets = sorted({a for name in HOST_NAMES if name != CLIENT.name for a in addresses[name]})
     out = client.check_output(
         "nmap -n -Pn -sS -p- --min-rate 20000 --max-retries 1 -oG - " + " ".join(targets)
     )
@@ -135,8 +145,10 @@ def test_a_scan_from_the_client_finds_only_80_and_443_on_the_load_balancer(
                 fields = entry.strip().split("/")
                 if len(fields) > 1 and fields[1] == "open":
                     found.add((addr, int(fields[0])))
-    lb = TOPOLOGY.hosts["lb1"]
-    assert found == {(str(lb.addresses["public"]), 80), (str(lb.addresses["public"]), 443)}
+    # Every load balancer's public address, and nothing else (the seed has one).
+    lbs = TOPOLOGY.with_role("lb")
+    site_ports = (TOPOLOGY.port("site-http"), TOPOLOGY.port("site-https"))
+    assert found == {(str(lb.addresses["public"]), port) for lb in lbs for port in site_ports}
 
 
 @pytest.mark.parametrize("name", HOST_NAMES)
@@ -153,9 +165,9 @@ def test_every_listening_socket_is_an_allowed_flow_or_loopback(
 
 
 @pytest.mark.parametrize("name", HOST_NAMES)
-@pytest.mark.parametrize("command", ["iptables", "ip6tables"])
-def test_input_and_forward_drop_by_default(machines: Machines, name: str, command: str) -> None:
-    rules = machines[name].check_output(f"{command} -S").splitlines()
+@pytest.mark.parametrize("version", [4, 6], ids=["iptables", "ip6tables"])
+def test_input_and_forward_drop_by_default(machines: Machines, name: str, version: int) -> None:
+    rules = machines[name].iptables.rules(version=version)  # iptables -t filter -S
     assert "-P INPUT DROP" in rules
     assert "-P FORWARD DROP" in rules
 
@@ -177,19 +189,19 @@ def test_nothing_answers_over_ipv6_where_ipv4_forbids_it(
 def test_a_dropped_connection_is_logged_on_the_destination_with_its_host_prefix(
     machines: Machines,
 ) -> None:
-    lb = TOPOLOGY.hosts["lb1"]
-    client = TOPOLOGY.hosts["client"]
-    assert not TOPOLOGY.is_allowed("client", "lb1", "public", 3306)
-    machines["client"].run(
-        f"printf %s '{lb.addresses['public']} 3306' | python3 -c {shlex.quote(probe_script(0.5))}"
+    mysql = TOPOLOGY.port("mysql")
+    assert not TOPOLOGY.is_allowed(CLIENT.name, LB.name, "public", mysql)
+    machines[CLIENT.name].run(
+        f"printf %s '{LB.addresses['public']} {mysql}' | "
+        f"python3 -c {shlex.quote(probe_script(0.5))}"
     )
     time.sleep(1)
-    log = machines["lb1"].check_output("tail -n 50 /var/log/ulog/syslogemu.log")
+    log = machines[LB.name].check_output("tail -n 50 /var/log/ulog/syslogemu.log")
     hits = [
         line
         for line in log.splitlines()
-        if "fw-drop lb1:" in line
-        and f"SRC={client.addresses['public']}" in line
-        and "DPT=3306" in line
+        if f"fw-drop {LB.name}:" in line
+        and f"SRC={CLIENT.addresses['public']}" in line
+        and f"DPT={mysql}" in line
     ]
-    assert hits, "no drop logged for client -> lb1:3306\n" + log[-1500:]
+    assert hits, f"no drop logged for {CLIENT.name} -> {LB.name}:{mysql}\n" + log[-1500:]

@@ -10,17 +10,19 @@ import time
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY, fab
+from acceptance.conftest import TOPOLOGY
 from acceptance.site import (
-    HTTPS_PORT,
-    LB,
     SITE,
+    SITE_CLIENT,
     context,
     plain_request,
     request,
     tls_socket,
 )
 from provision import secrets
+from provision.testkit import fab
+
+CLIENT = TOPOLOGY.with_role("client")[0].name
 
 
 @pytest.mark.parametrize("name", TOPOLOGY.site.names)
@@ -97,16 +99,22 @@ PATHS = ["/", "/api/notes?limit=5", "/does/not/exist", "/a%20b?q=%22x%22"]
 
 @pytest.mark.parametrize("path", PATHS)
 def test_http_answers_exactly_301_to_the_same_path_over_https(path: str) -> None:
-    reply = plain_request(path, host=f"{SITE}:{LB.forward[80]}")
+    entry = SITE_CLIENT.entry
+    reply = plain_request(path, host=f"{SITE}:{entry.http}")
     assert reply.status == 301
-    assert reply.header("location") == f"https://{SITE}:{HTTPS_PORT}{path}"
+    if SITE_CLIENT.via_forward:  # the redirect names the https port forwarded here
+        assert reply.header("location") == f"https://{SITE}:{entry.https}{path}"
+    else:
+        https = TOPOLOGY.port("site-https")
+        suffix = "" if https == 443 else f":{https}"
+        assert reply.header("location") == f"https://{SITE}{suffix}{path}"
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_http_on_the_public_network_redirects_to_the_site(
     machines: dict[str, testinfra.host.Host], path: str
 ) -> None:
-    out = machines["client"].check_output(
+    out = machines[CLIENT].check_output(
         f"curl -s -o /dev/null -w '%{{http_code}} %{{redirect_url}}' "
         f"http://{SITE}{shlex.quote(path)}"
     )
@@ -129,7 +137,7 @@ def test_twenty_requests_alternate_between_the_web_servers() -> None:
 def test_the_client_reaches_the_site_over_the_public_network_with_the_ca(
     machines: dict[str, testinfra.host.Host],
 ) -> None:
-    client = machines["client"]
+    client = machines[CLIENT]
     pem = secrets.ca().cert_pem.decode()
     client.check_output(f"printf %s {shlex.quote(pem)} > /tmp/testbed-ca.crt")
     out = client.check_output(f"curl -s --cacert /tmp/testbed-ca.crt https://{SITE}/")

@@ -9,7 +9,7 @@ import testinfra
 
 from acceptance.conftest import HOST_NAMES
 from provision import PROJECT_ROOT
-from provision.tasks import last_report
+from provision.ops.deploy import last_report
 
 SNAPSHOT = (
     "find /etc -xdev -type f ! -name '*.testbed-new' -print0 | sort -z | xargs -0 sha256sum; "

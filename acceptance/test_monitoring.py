@@ -22,14 +22,15 @@ import pytest
 import testinfra
 
 from acceptance.conftest import TOPOLOGY
-from provision import PROJECT_ROOT, monitoring
-from provision.roles.monitor import RECEIVER
+from provision import PROJECT_ROOT, dbcluster, inventory, layout, monitoring
 
 MONITOR = monitoring.monitor_host(TOPOLOGY)
 assert MONITOR is not None
-PROMETHEUS = f"http://127.0.0.1:{MONITOR.forward[monitoring.PROMETHEUS_PORT]}"
+PROMETHEUS = "http://{}:{}".format(*inventory.service_entry(TOPOLOGY, MONITOR.name, "prometheus"))
 TARGETS = [
-    (h.name, t.job) for h in monitoring.reporting_hosts(TOPOLOGY) for t in monitoring.targets(h)
+    (h.name, t.job)
+    for h in monitoring.reporting_hosts(TOPOLOGY)
+    for t in monitoring.targets(TOPOLOGY, h)
 ] + [(MONITOR.name, "prometheus"), (MONITOR.name, "alertmanager")]
 
 
@@ -111,7 +112,7 @@ def test_the_qps_prometheus_reports_matches_a_fixed_rate_locust_run(tmp_path: Pa
 
 
 def _alerts(machine: testinfra.host.Host) -> list[dict[str, object]]:
-    return json.loads(machine.check_output(f"curl -s http://{RECEIVER}/alerts"))  # type: ignore[no-any-return]
+    return json.loads(machine.check_output(f"curl -s http://{layout.ALERT_RECEIVER_LISTEN}/alerts"))  # type: ignore[no-any-return]
 
 
 def _wait_alert(
@@ -161,9 +162,8 @@ def test_stopping_a_backend_fires_and_then_resolves_the_backend_down_alert(
 
 
 def _a_replica(endpoints: object) -> str:
-    from provision.tasks import db_states
 
-    states = db_states(TOPOLOGY, endpoints)  # type: ignore[arg-type]
+    states = dbcluster.states(TOPOLOGY, endpoints)  # type: ignore[arg-type]
     return next(n for n, s in states.items() if s.role == "replica")
 
 

@@ -13,23 +13,27 @@ from collections.abc import Iterator
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY, fab
+from acceptance.conftest import TOPOLOGY
 from acceptance.site import request
+from provision.testkit import fab
 
-WEB = "web1"
+# A web host: the load balancer's backend traffic to it is what the capture reads.
+WEB = TOPOLOGY.with_role("web")[0].name
+CAPTURE = "/tmp/testbed-capture.txt"
 
 
 def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
     """Capture the web server's backend port while requests carrying `marker` pass."""
-    machine.check_output(
-        "command -v tcpdump >/dev/null || DEBIAN_FRONTEND=noninteractive "
-        "apt-get install -y -q --no-install-recommends tcpdump >/dev/null"
-    )
-    machine.run("systemctl stop testbed-capture 2>/dev/null; rm -f /tmp/testbed-capture.txt")
+    if not machine.package("tcpdump").is_installed:
+        machine.check_output(
+            "DEBIAN_FRONTEND=noninteractive "
+            "apt-get install -y -q --no-install-recommends tcpdump >/dev/null"
+        )
+    machine.run(f"systemctl stop testbed-capture 2>/dev/null; rm -f {CAPTURE}")
     machine.check_output(
         "systemd-run --unit=testbed-capture --collect sh -c "
         f"'timeout 6 tcpdump -i any -nn -l -A -s 0 tcp port {port} "
-        "> /tmp/testbed-capture.txt 2>/dev/null'"
+        f"> {CAPTURE} 2>/dev/null'"
     )
     time.sleep(1.5)
     served = []
@@ -44,10 +48,12 @@ def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
         served.append(reply.header("x-served-by"))
     assert WEB in served
     for _ in range(20):
-        if machine.run("systemctl is-active testbed-capture").stdout.strip() != "active":
+        if not machine.service("testbed-capture").is_running:
             break
         time.sleep(0.5)
-    return machine.check_output("cat /tmp/testbed-capture.txt")
+    capture = machine.file(CAPTURE)
+    assert capture.exists, f"tcpdump wrote no {CAPTURE} on {WEB}"
+    return str(capture.content_string)
 
 
 @pytest.fixture
@@ -65,7 +71,7 @@ def test_backend_traffic_is_clear_text_without_reencryption(
 ) -> None:
     assert not TOPOLOGY.option("reencrypt")
     marker = f"marker-{uuid.uuid4().hex}"
-    captured = _capture(machines[WEB], 80, marker)
+    captured = _capture(machines[WEB], TOPOLOGY.port("backend-http"), marker)
     assert marker in captured
 
 
@@ -75,7 +81,7 @@ def test_backend_traffic_is_encrypted_with_reencryption_on(
     machines: dict[str, testinfra.host.Host],
 ) -> None:
     marker = f"marker-{uuid.uuid4().hex}"
-    captured = _capture(machines[WEB], 443, marker)
+    captured = _capture(machines[WEB], TOPOLOGY.port("backend-https"), marker)
     lb = TOPOLOGY.with_role("lb")[0]
     assert f"{lb.addresses['private']}." in captured, "no backend traffic was captured"
     assert marker not in captured

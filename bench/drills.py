@@ -44,16 +44,21 @@ class Spec:
     target_note: str
 
 
+_TOPOLOGY = topology.load()
+WEB = next(h.name for h in _TOPOLOGY.with_role("web") if not h.has_role("db-primary"))
+"""Web-tier drills hit a web host that does not hold the database primary (seed: web2)."""
+LB = _TOPOLOGY.with_role("lb")[0].name
+
 SPECS = [
-    Spec("kill-web", ("kill", "--target", "web2", "--duration", "8"), False, "web2 nginx + app"),
-    Spec("pause-web", ("pause", "--target", "web2", "--duration", "8"), False, "web2 nginx + app"),
+    Spec("kill-web", ("kill", "--target", WEB, "--duration", "8"), False, f"{WEB} nginx + app"),
+    Spec("pause-web", ("pause", "--target", WEB, "--duration", "8"), False, f"{WEB} nginx + app"),
     Spec(
         "partition-web",
-        ("partition", "--target", "web2", "--duration", "8"),
+        ("partition", "--target", WEB, "--duration", "8"),
         False,
-        "web2 from lb1",
+        f"{WEB} from {LB}",
     ),  # fmt: skip
-    Spec("loss-web", ("loss", "--target", "web2", "--duration", "8"), False, "web2-lb1, 30 %"),
+    Spec("loss-web", ("loss", "--target", WEB, "--duration", "8"), False, f"{WEB}-{LB}, 30 %"),
     Spec(
         "deploy-during-outage",
         ("deploy", "--target", "db-primary", "--duration", "5"),

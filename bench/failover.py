@@ -3,12 +3,13 @@
     .venv/bin/python -m bench.failover --runs 3
 
 Each run, for each scenario, with one HTTPS client posting notes as fast as it can
-through the load balancer (acceptance/drill.py):
+through the load balancer (provision/testkit.py's Writer):
   switchover      `fab db.switchover` (planned);
   manual-kill     SIGKILL of the primary's mariadbd, then `fab db.failover` at the
                   client's first failed write (an operator or script reacting at once);
   auto-kill       SIGKILL with dbwatch on (topology option auto_failover);
-  auto-stop       `vagrant halt` of the primary's machine with dbwatch on.
+  auto-stop       the primary's machine stopped (`vagrant halt`, or the inventory's
+                  power.stop) with dbwatch on.
 Measured: the write outage the client saw (last acknowledged write before the first
 failure to the first acknowledged write after it), and lost writes (acknowledged notes
 missing or duplicated on the new primary). After each scenario the old primary is
@@ -19,41 +20,33 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 
-from acceptance.conftest import TOPOLOGY
-from acceptance.drill import Writer
-from provision import PROJECT_ROOT, dbcluster, engine, inventory
-from provision.tasks import db_states
+from provision import PROJECT_ROOT, dbcluster, engine, inventory, topology
+from provision.power import Power
+from provision.testkit import FabError, Site, Writer, not_present_once
+from provision.testkit import fab as run_fab
+
+TOPOLOGY = topology.load()
 
 DOC = PROJECT_ROOT / "docs" / "failover-results.md"
 
 
 def fab(*args: str) -> str:
-    res = subprocess.run([sys.executable, "-m", "fabric", *args], cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, check=False)  # fmt: skip
-    if res.returncode != 0:
-        sys.exit(f"bench: fab {' '.join(args)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
-    return res.stdout
+    try:
+        return run_fab(*args)
+    except FabError as exc:
+        sys.exit(f"bench: {exc}")
 
 
 def primary(eps: dict[str, inventory.Endpoint]) -> str:
-    return dbcluster.discover_primary(TOPOLOGY, db_states(TOPOLOGY, eps))
+    return dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, eps))
 
 
 def lost(eps: dict[str, inventory.Endpoint], node: str, writer: Writer) -> int:
-    r = engine.Remote(TOPOLOGY.hosts[node], eps[node])
-    r.connect()
-    try:
-        rows = dbcluster.mysql(
-            r, f"SELECT text, COUNT(*) FROM testbed.notes WHERE text LIKE '{writer.prefix}-%' "
-            "GROUP BY text;")  # fmt: skip
-    finally:
-        r.close()
-    counts = {t: int(n) for t, n in rows}
-    return sum(1 for t in writer.acked if counts.get(t) != 1)
+    with engine.Remote(TOPOLOGY.hosts[node], eps[node]) as r:
+        return len(not_present_once(r, writer.acked))
 
 
 def heal(eps: dict[str, inventory.Endpoint], option: str) -> None:
@@ -65,18 +58,16 @@ def scenario(name: str, eps: dict[str, inventory.Endpoint]) -> tuple[float, int]
     option = "auto_failover=" + ("true" if name.startswith("auto") else "false")
     heal(eps, option)
     old = primary(eps)
-    writer = Writer().start()
+    writer = Writer(Site.of(TOPOLOGY)).start()
     time.sleep(3)
     fault = time.monotonic()
     if name == "switchover":
         fab("db.switchover")
     elif name.endswith("kill"):
-        r = engine.Remote(TOPOLOGY.hosts[old], eps[old])
-        r.connect()
-        r.run("pkill -9 -x mariadbd")
-        r.close()
+        with engine.Remote(TOPOLOGY.hosts[old], eps[old]) as r:
+            r.run("pkill -9 -x mariadbd")
     else:
-        subprocess.run(["vagrant", "halt", old], cwd=PROJECT_ROOT, capture_output=True, check=True)
+        Power(TOPOLOGY, eps).run("stop", old)
     if name == "manual-kill":
         while writer.failures_after(fault) == 0 and time.monotonic() - fault < 10:
             time.sleep(0.05)
@@ -92,7 +83,7 @@ def scenario(name: str, eps: dict[str, inventory.Endpoint]) -> tuple[float, int]
     time.sleep(2)
     writer.stop()
     if name == "auto-stop":
-        subprocess.run(["vagrant", "up", old], cwd=PROJECT_ROOT, capture_output=True, check=True)
+        Power(TOPOLOGY, eps).run("start", old)
     new = primary(eps)
     result = (writer.outage_after(fault), lost(eps, new, writer))
     print(
@@ -107,7 +98,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    eps = inventory.from_vagrant(TOPOLOGY)
+    eps = inventory.load(TOPOLOGY)
     names = ["switchover", "manual-kill", "auto-kill", "auto-stop"]
     results: dict[str, list[tuple[float, int]]] = {n: [] for n in names}
     for i in range(args.runs):

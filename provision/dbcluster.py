@@ -11,20 +11,23 @@ All SQL runs as root over the unix socket through SSH; passwords travel on stdin
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from provision import secrets
+from provision import layout, secrets
 from provision.engine import Remote, StepError
 from provision.inventory import Endpoint
 from provision.topology import Host, Topology
 
-DATABASE = "testbed"
-DB_PORT = 3306
-REPL_USER = "repl"
+DATABASE = layout.DATABASE
+REPL_USER = layout.REPL_USER
+LEASE_SECONDS = 3.0
+"""How long a primary keeps taking writes once neither the controller nor a replica
+reaches it. The controller waits longer than this before it promotes anyone."""
 CATCH_UP_SECONDS = 30.0
 
 
@@ -114,6 +117,16 @@ def read_state(host: Host, remote: Remote | None) -> NodeState:
     rows = mysql(remote, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync%';", check=False)
     state.status = {r[0]: r[1] for r in rows if len(r) == 2}
     return state
+
+
+def db_hosts(topology: Topology) -> list[Host]:
+    return topology.in_tier("db")
+
+
+def node_address(topology: Topology, host: Host) -> str:
+    """Where a db host listens: its address on the network the app hosts reach it by."""
+    apps = topology.with_role("app")
+    return str(topology.address_for(apps[0], host)) if apps else str(host.primary_address)
 
 
 def discover_primary(topology: Topology, states: Mapping[str, NodeState]) -> str:
@@ -220,7 +233,7 @@ def _dump(primary: Remote) -> tuple[str, str]:
     return dump, match.group(1)
 
 
-def seed_replica(replica: Remote, primary_address: str, dump: str, gtid: str) -> None:
+def seed_replica(replica: Remote, primary_address: str, dump: str, gtid: str, *, port: int) -> None:
     """Make `replica` an exact copy of the dump, then replicate from that GTID on.
 
     Whatever the replica had is discarded, its own binary log included: a returning old
@@ -237,7 +250,7 @@ def seed_replica(replica: Remote, primary_address: str, dump: str, gtid: str) ->
         replica,
         "RESET MASTER;\n"
         f"SET GLOBAL gtid_slave_pos = '{gtid}';\n"
-        f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {DB_PORT}, "
+        f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {port}, "
         f"MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{repl_password()}', "
         "MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1;\n"
         "START SLAVE;\n",
@@ -318,12 +331,12 @@ def fence(node: Remote) -> None:
     mysql(node, "SET GLOBAL read_only = ON;")
 
 
-def demote_to_replica(node: Remote, primary_address: str) -> None:
+def demote_to_replica(node: Remote, primary_address: str, *, port: int) -> None:
     """A caught-up old primary (planned switchover) follows the new one."""
     mysql(
         node,
         "SET GLOBAL read_only = ON; SET GLOBAL rpl_semi_sync_master_enabled = OFF;\n"
-        f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {DB_PORT}, "
+        f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {port}, "
         f"MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{repl_password()}', "
         "MASTER_USE_GTID = slave_pos, MASTER_DEMOTE_TO_SLAVE = 1, MASTER_CONNECT_RETRY = 1;\n"
         "START SLAVE;\n",
@@ -338,15 +351,12 @@ def states(topo: Topology, eps: Mapping[str, Endpoint]) -> dict[str, NodeState]:
     """Each db host's replication state, read in parallel (DOWN where unreachable)."""
 
     def one(host: Host) -> NodeState:
-        try:
-            remote = Remote(host, eps[host.name])
-            remote.connect()
-        except Exception as exc:
-            return NodeState(host.name, False, f"SSH: {type(exc).__name__}: {exc}")
-        try:
+        with contextlib.ExitStack() as stack:
+            try:
+                remote = stack.enter_context(Remote(host, eps[host.name]))
+            except Exception as exc:
+                return NodeState(host.name, False, f"SSH: {type(exc).__name__}: {exc}")
             return read_state(host, remote)
-        finally:
-            remote.close()
 
     hosts = topo.in_tier("db")
     with ThreadPoolExecutor(max_workers=max(len(hosts), 1)) as pool:

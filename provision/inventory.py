@@ -3,13 +3,18 @@
 Two sources, one shape (:class:`Endpoint`):
 
 * Vagrant (the default): ``vagrant ssh-config`` through python-vagrant;
-* an inventory file for real servers (``fab --inventory FILE``), YAML::
+* an inventory file for real servers (``fab --inventory FILE``, or ``$TESTBED_INVENTORY``),
+  YAML (docs/inventory.md)::
 
       hosts:
         lb1:  {host: 203.0.113.10, user: admin, port: 22, key: ~/.ssh/id_ed25519}
-        web1: {host: 203.0.113.21, user: admin}
+        web1: {host: 203.0.113.21, user: admin,
+               power: {stop: "virsh shutdown web1", start: "virsh start web1"}}
+      site: {address: 203.0.113.10}   # optional: where this machine reaches the site
 
-  Every host of the topology must be listed; an unknown name is an error.
+  Every host of the topology must be listed; an unknown name is an error. ``power`` (optional)
+  holds the commands, run on this machine, that stop and start a server: the machine-level
+  faults (`fab drill stop`, the reboot test) need them.
 """
 
 from __future__ import annotations
@@ -18,15 +23,24 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from provision import PROJECT_ROOT
 from provision.topology import Topology
 
+INVENTORY_ENV = "TESTBED_INVENTORY"
+"""An inventory file every command (fab, pytest acceptance/, bench/) uses when given none."""
+
 
 class InventoryError(RuntimeError):
     pass
+
+
+def selected(inventory_file: str | None = None) -> str | None:
+    """The inventory file in force: the argument, else $TESTBED_INVENTORY, else None (Vagrant)."""
+    return inventory_file or os.environ.get(INVENTORY_ENV) or None
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,11 @@ class Endpoint:
     port: int = 22
     user: str = "vagrant"
     key_file: str | None = None
+    power: tuple[tuple[str, str], ...] = ()
+    """("stop", command), ("start", command): how this machine stops and starts the server."""
+
+    def power_command(self, action: str) -> str | None:
+        return dict(self.power).get(action)
 
     def connect_kwargs(self) -> dict[str, object]:
         kwargs: dict[str, object] = {"banner_timeout": 20, "auth_timeout": 20}
@@ -99,13 +118,13 @@ def from_vagrant(topology: Topology, root: Path = PROJECT_ROOT) -> dict[str, End
 
 
 def from_file(path: Path, topology: Topology) -> dict[str, Endpoint]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InventoryError(f"{path}: cannot read inventory: {exc}") from None
-    hosts = data.get("hosts") if isinstance(data, dict) else None
+    data = _read(path)
+    hosts = data.get("hosts")
     if not isinstance(hosts, Mapping):
         raise InventoryError(f"{path}: expected a top-level 'hosts' mapping")
+    unknown_top = sorted(set(data) - {"hosts", "site"})
+    if unknown_top:
+        raise InventoryError(f"{path}: {unknown_top[0]}: unknown key (expected hosts, site)")
     unknown = sorted(set(hosts) - set(topology.hosts))
     if unknown:
         raise InventoryError(
@@ -116,21 +135,113 @@ def from_file(path: Path, topology: Topology) -> dict[str, Endpoint]:
         spec = hosts.get(host.name)
         if not isinstance(spec, Mapping) or "host" not in spec:
             raise InventoryError(f"{path}: hosts.{host.name}: missing (needs at least 'host')")
-        key = spec.get("key")
-        port = spec.get("port", 22)
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise InventoryError(f"{path}: hosts.{host.name}.port: expected 1-65535, got {port!r}")
-        endpoints[host.name] = Endpoint(
-            name=host.name,
-            hostname=str(spec["host"]),
-            port=port,
-            user=str(spec.get("user", "root")),
-            key_file=os.path.expanduser(str(key)) if key else None,
-        )
+        endpoints[host.name] = _endpoint(path, host.name, spec)
     return endpoints
 
 
+def _endpoint(path: Path, name: str, spec: Mapping[str, Any]) -> Endpoint:
+    known = {"host", "user", "port", "key", "power"}
+    extra = sorted(set(spec) - known)
+    if extra:
+        raise InventoryError(
+            f"{path}: hosts.{name}.{extra[0]}: unknown key (expected one of: "
+            f"{', '.join(sorted(known))})"
+        )
+    key = spec.get("key")
+    port = spec.get("port", 22)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InventoryError(f"{path}: hosts.{name}.port: expected 1-65535, got {port!r}")
+    power = spec.get("power") or {}
+    if not isinstance(power, Mapping) or not set(power) <= {"stop", "start"}:
+        raise InventoryError(
+            f"{path}: hosts.{name}.power: expected a mapping with 'stop' and 'start' commands"
+        )
+    for action, command in power.items():
+        if not isinstance(command, str) or not command.strip():
+            raise InventoryError(f"{path}: hosts.{name}.power.{action}: expected a command")
+    return Endpoint(
+        name=name,
+        hostname=str(spec["host"]),
+        port=port,
+        user=str(spec.get("user", "root")),
+        key_file=os.path.expanduser(str(key)) if key else None,
+        power=tuple(sorted((str(a), str(c)) for a, c in power.items())),
+    )
+
+
+@dataclass(frozen=True)
+class SiteEntry:
+    """Where this machine reaches the site: an address and the HTTPS and HTTP ports."""
+
+    address: str
+    https: int
+    http: int
+
+    def url(self, scheme: str = "https") -> str:
+        port = self.https if scheme == "https" else self.http
+        return f"{scheme}://{self.address}:{port}"
+
+
+def site_entry(topology: Topology, inventory_file: str | None = None) -> SiteEntry:
+    """With Vagrant: the load balancer's ports forwarded to 127.0.0.1. With an inventory:
+    its `site.address` (default: the first load balancer's `host`) on the topology's ports."""
+    lbs = topology.with_role("lb")
+    if not lbs:
+        raise InventoryError(f"topology {topology.name!r} has no load balancer")
+    inventory_file = selected(inventory_file)
+    if not inventory_file:
+        https = topology.forwarded(lbs[0], "site-https")
+        http = topology.forwarded(lbs[0], "site-http")
+        if https is None or http is None:
+            raise InventoryError(
+                f"topology {topology.name!r}: {lbs[0].name} forwards no site-https and "
+                "site-http port to this machine"
+            )
+        return SiteEntry("127.0.0.1", https, http)
+    path = Path(inventory_file)
+    data = _read(path)
+    site = data.get("site") or {}
+    if not isinstance(site, Mapping) or not set(site) <= {"address", "https", "http"}:
+        raise InventoryError(f"{path}: site: expected a mapping with address, https, http")
+    hosts = data.get("hosts") or {}
+    default = hosts.get(lbs[0].name, {}).get("host") if isinstance(hosts, Mapping) else None
+    address = site.get("address", default)
+    if not address:
+        raise InventoryError(f"{path}: site.address: missing (and no hosts.{lbs[0].name})")
+    return SiteEntry(
+        str(address),
+        int(site.get("https", topology.port("site-https"))),
+        int(site.get("http", topology.port("site-http"))),
+    )
+
+
+def service_entry(
+    topology: Topology, host: str, service: str, inventory_file: str | None = None
+) -> tuple[str, int]:
+    """Where this machine reaches `service` (a name under the topology's ports:) on `host`:
+    Vagrant's forward on 127.0.0.1, or the inventory's address of the host on the port."""
+    inventory_file = selected(inventory_file)
+    if not inventory_file:
+        local = topology.forwarded(topology.hosts[host], service)
+        if local is None:
+            raise InventoryError(f"{host} forwards no {service} port to this machine")
+        return "127.0.0.1", local
+    return from_file(Path(inventory_file), topology)[host].hostname, topology.port(service)
+
+
+def _read(path: Path) -> Mapping[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InventoryError(f"{path}: cannot read inventory: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise InventoryError(f"{path}: expected a top-level 'hosts' mapping")
+    return data
+
+
 def load(topology: Topology, inventory_file: str | None = None) -> dict[str, Endpoint]:
+    """Endpoints from the inventory file in force (see :func:`selected`), else Vagrant."""
+    inventory_file = selected(inventory_file)
     if inventory_file:
         return from_file(Path(inventory_file), topology)
     return from_vagrant(topology)

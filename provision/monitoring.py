@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from provision import layout
 from provision.topology import Host, Topology
 
-PROMETHEUS_PORT = 9090
-AGENT_LISTEN = "127.0.0.1:9091"
 SCRAPE_INTERVAL = "5s"
 
 
@@ -33,21 +32,23 @@ def reporting_hosts(topology: Topology) -> list[Host]:
     return [h for h in topology if h is mon or topology.shared_networks(h, mon)]
 
 
-def targets(host: Host) -> list[Target]:
+def targets(topology: Topology, host: Host) -> list[Target]:
     """The exporters on `host`, all on loopback."""
-    found = [Target("node", "127.0.0.1:9100", ",".join(host.roles))]
+    found = [Target("node", layout.NODE_EXPORTER_LISTEN, ",".join(host.roles))]
     if host.has_role("lb"):
-        found.append(Target("haproxy", "127.0.0.1:8404", "lb"))
+        stats = topology.port("haproxy-stats")
+        found.append(Target("haproxy", f"127.0.0.1:{stats}", "lb"))
     if host.has_role("web"):
-        found.append(Target("nginx", "127.0.0.1:9113", "web"))
+        found.append(Target("nginx", layout.NGINX_EXPORTER_LISTEN, "web"))
     if host.has_role("app"):
-        found.append(Target("app", "127.0.0.1:8000", "app"))
+        found.append(Target("app", layout.APP_LISTEN, "app"))
     if host.has_role("db-primary") or host.has_role("db-replica"):
-        found.append(Target("mysqld", "127.0.0.1:9104", "db"))
+        found.append(Target("mysqld", layout.MYSQLD_EXPORTER_LISTEN, "db"))
     return found
 
 
 def remote_write_url(topology: Topology, host: Host) -> str:
     mon = monitor_host(topology)
     assert mon is not None
-    return f"http://{topology.address_for(host, mon)}:{PROMETHEUS_PORT}/api/v1/write"
+    port = topology.port("prometheus")
+    return f"http://{topology.address_for(host, mon)}:{port}/api/v1/write"

@@ -1,7 +1,7 @@
 """Secrets generated at deploy time, kept in .testbed/secrets/ (mode 0700, files 0600).
 
 Nothing here is ever committed, templated into a tracked file or printed: roles
-push secrets to machines with `File(..., secret=True)`, and the engine never logs
+push secrets to machines as `File` steps, and the engine never logs
 file contents. The testbed CA signs the site certificate (www.foobar.com) and the
 backends' certificates (used when re-encryption is on).
 """

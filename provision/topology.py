@@ -10,12 +10,9 @@ Run ``python -m provision.topology --help`` for the command-line view of a topol
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import ipaddress
 import json
 import os
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +115,8 @@ class Flow:
     port: int
     proto: str
     why: str = ""
+    service: str = ""
+    """The name under `ports:` the flow's port comes from."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +152,9 @@ class Topology:
     hosts: Mapping[str, Host]
     flows: tuple[Flow, ...]
     options: Mapping[str, Any]
+    ports: Mapping[str, int] = field(default_factory=dict)
+    """Every port a flow names, by service (`ports:` in the file): the one owner that
+    roles, templates, firewall rules, scrape targets and tests read."""
 
     def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
@@ -210,6 +212,20 @@ class Topology:
 
     def option(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
+
+    def port(self, service: str) -> int:
+        """The port of a service named under `ports:`; a KeyError names what is missing."""
+        try:
+            return self.ports[service]
+        except KeyError:
+            raise KeyError(
+                f"topology {self.name!r} names no port {service!r} under ports: "
+                f"(known: {', '.join(self.ports)})"
+            ) from None
+
+    def forwarded(self, host: Host, service: str) -> int | None:
+        """The port on the operator's loopback forwarded to `service` on `host`, if any."""
+        return host.forward.get(self.port(service)) if service in self.ports else None
 
 
 # --------------------------------------------------------------------------- loading
@@ -327,6 +343,9 @@ class _Parser:
     def __init__(self, path: Path, overrides: dict[str, Any]) -> None:
         self.path = path
         self.overrides = overrides
+        self.ports: dict[str, int] = {}
+        self.forwarded_names: set[str] = set()
+        self.flow_services: set[str] = set()
 
     def fail(self, key: str, problem: str) -> TopologyError:
         return TopologyError(self.path, key, problem)
@@ -357,12 +376,32 @@ class _Parser:
             raise self.fail(key, f"expected a port number 1-65535, got {value!r}")
         return value
 
+    def named_port(self, value: Any, key: str) -> tuple[str, int]:
+        """A service name from `ports:` -> (name, port)."""
+        if not isinstance(value, str) or value not in self.ports:
+            raise self.fail(
+                key,
+                f"expected a port name from ports: ({', '.join(self.ports)}), got {value!r}",
+            )
+        return value, self.ports[value]
+
+    def port_names(self, value: Any) -> dict[str, int]:
+        if not isinstance(value, dict) or not value:
+            raise self.fail("ports", "expected a non-empty mapping of service name to port")
+        ports: dict[str, int] = {}
+        for name, number in value.items():
+            key = f"ports.{name}"
+            if not isinstance(name, str) or not name.replace("-", "").isalnum():
+                raise self.fail(key, "a port name holds only letters, digits and '-'")
+            ports[name] = self.port(number, key)
+        return ports
+
     def topology(self, data: Any) -> Topology:
         top = self.mapping(
             data,
             "",
-            {"name", "description", "site", "options", "networks", "hosts", "flows"},
-            {"name", "site", "networks", "hosts", "flows"},
+            {"name", "description", "site", "options", "ports", "networks", "hosts", "flows"},
+            {"name", "site", "ports", "networks", "hosts", "flows"},
         )
         name = self.string(top["name"], "name")
         site = self.site(top["site"])
@@ -373,9 +412,13 @@ class _Parser:
             if key not in options:
                 raise self.fail(f"options.{key}", "cannot override an option the file does not set")
         options = {**options, **self.overrides}
+        self.ports = self.port_names(top["ports"])
         networks = self.networks(top["networks"])
         hosts = self.hosts(top["hosts"], networks)
         flows = self.flows(top["flows"], hosts, options)
+        unused = sorted(set(self.ports) - self.flow_services - self.forwarded_names)
+        if unused:  # a named port no flow uses: a listener nothing may reach
+            raise self.fail(f"ports.{unused[0]}", "no flow or forward uses this port")
         return Topology(
             name=name,
             path=self.path,
@@ -385,6 +428,7 @@ class _Parser:
             hosts=hosts,
             flows=flows,
             options=options,
+            ports=self.ports,
         )
 
     def site(self, value: Any) -> Site:
@@ -424,69 +468,93 @@ class _Parser:
         host_ports: dict[int, str] = {}
         for index, (name, spec) in enumerate(value.items()):
             key = f"hosts.{name}"
-            if (
-                not isinstance(name, str)
-                or not name.replace("-", "").isalnum()
-                or not name[0].isalpha()
-            ):
-                raise self.fail(
-                    key, "a host name must start with a letter and hold only letters, digits, '-'"
-                )
+            self.host_name(name, key)
             spec = self.mapping(
                 spec, key, {"roles", "addresses", "forward"}, {"roles", "addresses"}
             )
-            roles = spec["roles"]
-            if not isinstance(roles, list) or not roles:
-                raise self.fail(f"{key}.roles", "expected a non-empty list of roles")
-            for role in roles:
-                if not isinstance(role, str) or role not in ROLES:
-                    raise self.fail(
-                        f"{key}.roles", f"unknown role {role!r} (known: {', '.join(ROLES)})"
-                    )
-            if len(set(roles)) != len(roles):
-                raise self.fail(f"{key}.roles", "a role is listed twice")
-            addrs = spec["addresses"]
-            if not isinstance(addrs, dict) or not addrs:
-                raise self.fail(f"{key}.addresses", "expected a mapping of network name to address")
-            addresses: dict[str, ipaddress.IPv4Address] = {}
-            for net_name, raw in addrs.items():
-                akey = f"{key}.addresses.{net_name}"
-                if net_name not in networks:
-                    raise self.fail(akey, f"unknown network (known: {', '.join(networks)})")
-                try:
-                    addr = ipaddress.IPv4Address(str(raw))
-                except ValueError:
-                    raise self.fail(akey, f"{raw!r} is not an IPv4 address") from None
-                net = networks[net_name]
-                if addr not in net.cidr:
-                    raise self.fail(akey, f"{addr} is outside network {net_name} ({net.cidr})")
-                if addr in (net.cidr.network_address, net.cidr.broadcast_address, net.gateway):
-                    raise self.fail(
-                        akey,
-                        f"{addr} is reserved in {net.cidr} "
-                        "(network, broadcast or the host's own .1)",
-                    )
+            roles = self.roles(spec["roles"], f"{key}.roles")
+            addresses = self.addresses(spec["addresses"], f"{key}.addresses", networks)
+            for net_name, addr in addresses.items():
                 if addr in owner:
                     raise self.fail(
-                        akey, f"duplicate address {addr}, already used by {owner[addr]}"
+                        f"{key}.addresses.{net_name}",
+                        f"duplicate address {addr}, already used by {owner[addr]}",
                     )
                 owner[addr] = name
-                addresses[net_name] = addr
-            forward: dict[int, int] = {}
-            fwd = spec.get("forward") or {}
-            if not isinstance(fwd, dict):
-                raise self.fail(f"{key}.forward", "expected a mapping of guest port to host port")
-            for guest, hport in fwd.items():
-                fkey = f"{key}.forward.{guest}"
-                g = self.port(guest, fkey)
-                h = self.port(hport, fkey)
-                if h in host_ports:
-                    raise self.fail(fkey, f"host port {h} is already forwarded to {host_ports[h]}")
-                if SSH_PORT_BASE <= h < SSH_PORT_BASE + len(value):
-                    raise self.fail(fkey, f"host port {h} is kept for the machines' SSH")
-                host_ports[h] = name
-                forward[g] = h
-            hosts[name] = Host(name, tuple(roles), addresses, forward, index)
+            forward = self.forward(spec.get("forward") or {}, f"{key}.forward", len(value))
+            for service, hport in forward.items():
+                if hport in host_ports:
+                    raise self.fail(
+                        f"{key}.forward.{service}",
+                        f"host port {hport} is already forwarded to {host_ports[hport]}",
+                    )
+                host_ports[hport] = name
+            forward_ports = {self.ports[service]: hport for service, hport in forward.items()}
+            hosts[name] = Host(name, roles, addresses, forward_ports, index)
+        self.one_primary(hosts)
+        return hosts
+
+    def host_name(self, name: Any, key: str) -> None:
+        if (
+            not isinstance(name, str)
+            or not name.replace("-", "").isalnum()
+            or not name[0].isalpha()
+        ):
+            raise self.fail(
+                key, "a host name must start with a letter and hold only letters, digits, '-'"
+            )
+
+    def roles(self, roles: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(roles, list) or not roles:
+            raise self.fail(key, "expected a non-empty list of roles")
+        for role in roles:
+            if not isinstance(role, str) or role not in ROLES:
+                raise self.fail(key, f"unknown role {role!r} (known: {', '.join(ROLES)})")
+        if len(set(roles)) != len(roles):
+            raise self.fail(key, "a role is listed twice")
+        return tuple(roles)
+
+    def addresses(
+        self, addrs: Any, key: str, networks: Mapping[str, Network]
+    ) -> dict[str, ipaddress.IPv4Address]:
+        if not isinstance(addrs, dict) or not addrs:
+            raise self.fail(key, "expected a mapping of network name to address")
+        addresses: dict[str, ipaddress.IPv4Address] = {}
+        for net_name, raw in addrs.items():
+            akey = f"{key}.{net_name}"
+            if net_name not in networks:
+                raise self.fail(akey, f"unknown network (known: {', '.join(networks)})")
+            try:
+                addr = ipaddress.IPv4Address(str(raw))
+            except ValueError:
+                raise self.fail(akey, f"{raw!r} is not an IPv4 address") from None
+            net = networks[net_name]
+            if addr not in net.cidr:
+                raise self.fail(akey, f"{addr} is outside network {net_name} ({net.cidr})")
+            if addr in (net.cidr.network_address, net.cidr.broadcast_address, net.gateway):
+                raise self.fail(
+                    akey,
+                    f"{addr} is reserved in {net.cidr} (network, broadcast or the host's own .1)",
+                )
+            addresses[net_name] = addr
+        return addresses
+
+    def forward(self, fwd: Any, key: str, machines: int) -> dict[str, int]:
+        """`{service-name: host port}`: the guest port is a name from `ports:`."""
+        if not isinstance(fwd, dict):
+            raise self.fail(key, "expected a mapping of port name to host port")
+        forward: dict[str, int] = {}
+        for service, hport in fwd.items():
+            fkey = f"{key}.{service}"
+            name, _ = self.named_port(service, fkey)
+            h = self.port(hport, fkey)
+            if SSH_PORT_BASE <= h < SSH_PORT_BASE + machines:
+                raise self.fail(fkey, f"host port {h} is kept for the machines' SSH")
+            self.forwarded_names.add(name)
+            forward[name] = h
+        return forward
+
+    def one_primary(self, hosts: Mapping[str, Host]) -> None:
         primaries = [h.name for h in hosts.values() if "db-primary" in h.roles]
         replicas = [h.name for h in hosts.values() if "db-replica" in h.roles]
         if replicas and len(primaries) != 1:
@@ -494,7 +562,6 @@ class _Parser:
                 "hosts",
                 f"db-replica hosts {replicas} need exactly one db-primary, found {primaries}",
             )
-        return hosts
 
     def flows(
         self, value: Any, hosts: Mapping[str, Host], options: Mapping[str, Any]
@@ -535,7 +602,8 @@ class _Parser:
                 ends.append(role)
             if ends[1] == ANY:
                 raise self.fail(f"{key}.to", "a flow must name the destination role, not 'any'")
-            port = self.port(spec["port"], f"{key}.port")
+            service, port = self.named_port(spec["port"], f"{key}.port")
+            self.flow_services.add(service)
             proto = spec.get("proto", "tcp")
             if proto not in PROTOCOLS:
                 raise self.fail(
@@ -546,81 +614,7 @@ class _Parser:
                 raise self.fail(key, f"duplicate flow {ends[0]} -> {ends[1]} {port}/{proto}")
             seen.add(ident)
             if active:
-                flows.append(Flow(ends[0], ends[1], port, proto, str(spec.get("why") or "")))
+                flows.append(
+                    Flow(ends[0], ends[1], port, proto, str(spec.get("why") or ""), service)
+                )
         return tuple(flows)
-
-
-# --------------------------------------------------------------------------- views
-
-
-def vagrant_view(topology: Topology) -> dict[str, Any]:
-    """What the Vagrantfile needs: machines with their networks and forwarded ports."""
-    from provision import box
-
-    project = project_id()
-    machines = []
-    for host in topology:
-        machines.append(
-            {
-                "name": host.name,
-                "hostname": host.name,
-                "container": f"testbed-{topology.name}-{host.name}-{project}",
-                "ssh_port": host.ssh_port,
-                "networks": [
-                    {
-                        "name": net,
-                        "ip": str(addr),
-                        "netmask": str(topology.networks[net].cidr.netmask),
-                        "prefix": topology.networks[net].cidr.prefixlen,
-                    }
-                    for net, addr in host.addresses.items()
-                ],
-                "forwards": [{"guest": g, "host": h} for g, h in host.forward.items()],
-            }
-        )
-    return {
-        "topology": topology.name,
-        "project": project,
-        "docker_image": box.image_tag(),
-        "machines": machines,
-    }
-
-
-def project_id() -> str:
-    """A short id of this checkout, so two clones never fight over container names."""
-    return hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:6]
-
-
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m provision.topology",
-        description="Validate a topology file and print views of it.",
-    )
-    parser.add_argument(
-        "topology",
-        nargs="?",
-        default=None,
-        help=f"name or path (default: $TESTBED_TOPOLOGY or {DEFAULT_TOPOLOGY})",
-    )
-    parser.add_argument(
-        "--vagrant-json", action="store_true", help="print the machines as JSON for the Vagrantfile"
-    )
-    args = parser.parse_args(argv)
-    try:
-        topology = load(args.topology)
-    except TopologyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.vagrant_json:
-        json.dump(vagrant_view(topology), sys.stdout)
-        print()
-        return 0
-    print(f"{topology.path}: topology {topology.name!r} is valid")
-    for host in topology:
-        addrs = ", ".join(f"{n}={a}" for n, a in host.addresses.items())
-        print(f"  {host.name:<10} {','.join(host.roles):<28} {addrs}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from provision import topology
-from provision.topology import Topology
+# Unit tests never read or write the real .testbed/ (saved options, secrets, the last
+# deploy's report): provision and every `fab` a test starts use a private folder, set
+# before provision is imported.
+_STATE = tempfile.mkdtemp(prefix="testbed-unit-state-")
+os.environ["TESTBED_STATE_DIR"] = _STATE
 
-# Unit tests read the topology files as shipped, never the options a deploy on this
-# machine saved (.testbed/options/): set before any test module loads a topology.
-_OPTIONS = Path(tempfile.mkdtemp(prefix="testbed-unit-options-"))
-topology.options_file = lambda name: _OPTIONS / f"{name}.json"
+from provision import topology  # noqa: E402
+from provision.topology import Topology  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state() -> Iterator[None]:
+    yield
+    shutil.rmtree(_STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

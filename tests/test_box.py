@@ -112,8 +112,10 @@ def test_one_line_source_with_several_options_gives_the_mirror(tmp_path: Path) -
 # --------------------------------------------------------------------------- image tag
 
 
-def test_image_tag_is_stable_across_calls() -> None:
-    assert box.image_tag() == box.image_tag()
+def test_image_tag_changes_when_the_recipe_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = box.image_tag()
+    monkeypatch.setattr(box, "PACKAGES", [*box.PACKAGES, "one-more-package"])
+    assert box.image_tag() != shipped
 
 
 def test_image_tag_names_the_box_repository() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from provision import PROJECT_ROOT, engine, topology
+from provision.engine.run import StepRecord
 from provision.inventory import Endpoint
 from provision.roles import ALL_ROLES
 
@@ -80,5 +81,5 @@ def test_fab_deploy_rejects_an_unknown_host_in_only_with_a_clear_error() -> None
 
 def test_summary_of_an_empty_run_says_no_changes() -> None:
     report = engine.Report("seed")
-    report.records.append(engine.StepRecord("web1", "common", "Ensure x.", False, "", 0.1))
+    report.records.append(StepRecord("web1", "common", "Ensure x.", False, "", 0.1))
     assert "No changes" in engine.summary(report)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from provision.inventory import Endpoint, InventoryError, from_file, parse_ssh_config
+from provision.inventory import (
+    INVENTORY_ENV,
+    Endpoint,
+    InventoryError,
+    SiteEntry,
+    from_file,
+    parse_ssh_config,
+    selected,
+    site_entry,
+)
+from provision.power import Power, PowerError
 from provision.topology import Topology
 
 # What `vagrant ssh-config` prints for several machines (Vagrant 2.3+: the insecure keys are
@@ -226,3 +237,113 @@ def test_inventory_with_a_non_numeric_port_is_rejected_as_an_inventory_error(
     text = FULL_INVENTORY.replace("port: 2222", "port: ssh")
     with pytest.raises(InventoryError):
         from_file(write(tmp_path, text), seed)
+
+
+# --------------------------------------------------------------------------- power, site, env
+
+
+def test_inventory_power_commands_are_read_per_host(tmp_path: Path, seed: Topology) -> None:
+    text = FULL_INVENTORY.replace(
+        "web2:    {host: 203.0.113.22, user: admin}",
+        "web2:    {host: 203.0.113.22, user: admin, "
+        "power: {stop: 'virsh shutdown web2', start: 'virsh start web2'}}",
+    )
+    eps = from_file(write(tmp_path, text), seed)
+    assert eps["web2"].power_command("stop") == "virsh shutdown web2"
+    assert eps["web2"].power_command("start") == "virsh start web2"
+    assert eps["web1"].power_command("stop") is None
+
+
+@pytest.mark.parametrize(
+    "power, problem",
+    [
+        ("{reboot: 'x'}", "hosts.web2.power: expected a mapping with 'stop' and 'start'"),
+        ("{stop: ''}", "hosts.web2.power.stop: expected a command"),
+        ("'virsh'", "hosts.web2.power: expected a mapping"),
+    ],
+)
+def test_inventory_bad_power_commands_are_rejected_naming_the_key(
+    tmp_path: Path, seed: Topology, power: str, problem: str
+) -> None:
+    text = FULL_INVENTORY.replace(
+        "web2:    {host: 203.0.113.22, user: admin}",
+        f"web2:    {{host: 203.0.113.22, power: {power}}}",
+    )
+    with pytest.raises(InventoryError, match=re.escape(problem)):
+        from_file(write(tmp_path, text), seed)
+
+
+def test_inventory_host_with_an_unknown_key_is_rejected_naming_it(
+    tmp_path: Path, seed: Topology
+) -> None:
+    text = FULL_INVENTORY.replace("{host: 203.0.113.21, user: admin}", "{host: x, usr: admin}")
+    with pytest.raises(InventoryError, match=r"hosts\.web1\.usr: unknown key"):
+        from_file(write(tmp_path, text), seed)
+
+
+def test_site_defaults_to_the_first_load_balancer_on_the_topology_ports(
+    tmp_path: Path, seed: Topology
+) -> None:
+    entry = site_entry(seed, str(write(tmp_path, FULL_INVENTORY)))
+    assert entry == SiteEntry("203.0.113.10", seed.port("site-https"), seed.port("site-http"))
+    assert entry.url() == "https://203.0.113.10:443"
+
+
+def test_site_entry_of_the_inventory_wins(tmp_path: Path, seed: Topology) -> None:
+    text = FULL_INVENTORY + "site: {address: site.example.net, https: 8443}\n"
+    entry = site_entry(seed, str(write(tmp_path, text)))
+    assert (entry.address, entry.https, entry.http) == ("site.example.net", 8443, 80)
+
+
+def test_without_an_inventory_the_site_is_the_forwarded_loopback_port(
+    seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INVENTORY_ENV, raising=False)
+    lb = seed.with_role("lb")[0]
+    entry = site_entry(seed)
+    assert entry == SiteEntry(
+        "127.0.0.1", lb.forward[seed.port("site-https")], lb.forward[seed.port("site-http")]
+    )
+
+
+def test_the_environment_names_the_inventory_when_no_argument_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(INVENTORY_ENV, str(tmp_path / "env.yml"))
+    assert selected() == str(tmp_path / "env.yml")
+    assert selected("given.yml") == "given.yml"
+    monkeypatch.delenv(INVENTORY_ENV)
+    assert selected() is None
+
+
+def test_power_without_commands_for_an_inventory_host_says_what_to_add(
+    tmp_path: Path, seed: Topology
+) -> None:
+    path = str(write(tmp_path, FULL_INVENTORY))
+    power = Power(seed, from_file(Path(path), seed), path)
+    assert not power.available("web2")
+    with pytest.raises(PowerError, match=r"web2: the inventory gives no power\.stop command"):
+        power.run("stop", "web2")
+
+
+def test_power_runs_the_inventory_command_and_reports_its_failure(
+    tmp_path: Path, seed: Topology
+) -> None:
+    text = FULL_INVENTORY.replace(
+        "web2:    {host: 203.0.113.22, user: admin}",
+        "web2:    {host: 203.0.113.22, power: {stop: 'true', start: 'sh -c \"echo no; exit 3\"'}}",
+    )
+    path = str(write(tmp_path, text))
+    power = Power(seed, from_file(Path(path), seed), path)
+    assert power.run("stop", "web2") >= 0
+    with pytest.raises(PowerError, match=r"start web2: .* exited 3: no"):
+        power.run("start", "web2")
+
+
+def test_power_without_an_inventory_uses_vagrant(
+    seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INVENTORY_ENV, raising=False)
+    power = Power(seed, {})
+    assert power.command("stop", "web2") == ["vagrant", "halt", "web2"]
+    assert power.command("start", "web2") == ["vagrant", "up", "web2"]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from provision import box, topology
+from provision import box, topology, vagrant
 from provision.topology import SSH_PORT_BASE, TOPOLOGY_DIR, Topology, TopologyError
 
 SEED_PATH = TOPOLOGY_DIR / "seed.yml"
@@ -203,7 +203,7 @@ def test_every_tier_of_a_host_is_in_the_deploy_order_except_client(seed: Topolog
 
 @pytest.fixture(scope="module")
 def view() -> dict[str, Any]:
-    return topology.vagrant_view(topology.load("seed"))
+    return vagrant.vagrant_view(topology.load("seed"))
 
 
 def test_vagrant_view_has_one_machine_per_host_in_order(view: dict[str, Any]) -> None:
@@ -245,7 +245,7 @@ def test_vagrant_view_names_containers_after_topology_host_and_checkout(
     view: dict[str, Any],
 ) -> None:
     assert [m["container"] for m in view["machines"]] == [
-        f"testbed-seed-{h}-{topology.project_id()}" for h in SEED_HOSTS
+        f"testbed-seed-{h}-{vagrant.project_id()}" for h in SEED_HOSTS
     ]
 
 
@@ -446,28 +446,47 @@ MALFORMED = [
         id="flow-to-any",
     ),
     pytest.param(
-        setting("flows.0.port", 0),
-        "flows[0].port",
+        setting("ports.site-https", 0),
+        "ports.site-https",
         "expected a port number 1-65535, got 0",
-        id="flow-port-0",
+        id="port-0",
     ),
     pytest.param(
-        setting("flows.0.port", 70000),
-        "flows[0].port",
+        setting("ports.site-https", 70000),
+        "ports.site-https",
         "expected a port number 1-65535, got 70000",
-        id="flow-port-70000",
+        id="port-70000",
     ),
     pytest.param(
         setting("flows.0.port", "http"),
         "flows[0].port",
-        "expected a port number 1-65535, got 'http'",
-        id="flow-port-http",
+        "expected a port name from ports: (site-https, site-http, backend-http, "
+        "backend-https, mysql, dbcheck, prometheus, haproxy-stats), got 'http'",
+        id="flow-port-unknown-name",
     ),
     pytest.param(
-        setting("flows.0.port", True),
+        setting("flows.0.port", 443),
         "flows[0].port",
+        "expected a port name from ports:",
+        id="flow-port-number-instead-of-name",
+    ),
+    pytest.param(
+        deleting("ports"),
+        "ports",
+        "missing required key",
+        id="missing-ports",
+    ),
+    pytest.param(
+        setting("ports.memcached", 11211),
+        "ports.memcached",
+        "no flow or forward uses this port",
+        id="port-no-flow-uses",
+    ),
+    pytest.param(
+        setting("ports.site-https", True),
+        "ports.site-https",
         "expected a port number 1-65535, got True",
-        id="flow-port-boolean",
+        id="port-boolean",
     ),
     pytest.param(
         setting("flows.0.proto", "icmp"),
@@ -482,7 +501,7 @@ MALFORMED = [
         id="duplicate-flow",
     ),
     pytest.param(
-        appending("flows", {"from": "client", "to": "lb", "port": 443}),
+        appending("flows", {"from": "client", "to": "lb", "port": "site-https"}),
         f"flows[{len(SEED_DOC['flows'])}]",
         "duplicate flow client -> lb 443/tcp",
         id="duplicate-flow-with-default-proto",
@@ -500,26 +519,26 @@ MALFORMED = [
         id="network-with-host-bits",
     ),
     pytest.param(
-        setting("hosts.client.forward", {80: 8080}),
-        "hosts.client.forward.80",
+        setting("hosts.client.forward", {"site-http": 8080}),
+        "hosts.client.forward.site-http",
         "host port 8080 is already forwarded to lb1",
         id="forward-host-port-collision",
     ),
     pytest.param(
-        setting("hosts.lb1.forward.443", SSH_PORT_BASE + 1),
-        "hosts.lb1.forward.443",
+        setting("hosts.lb1.forward.site-https", SSH_PORT_BASE + 1),
+        "hosts.lb1.forward.site-https",
         f"host port {SSH_PORT_BASE + 1} is kept for the machines' SSH",
         id="forward-into-ssh-port-range",
     ),
     pytest.param(
-        setting("hosts.lb1.forward.443", SSH_PORT_BASE + len(SEED_HOSTS) - 1),
-        "hosts.lb1.forward.443",
+        setting("hosts.lb1.forward.site-https", SSH_PORT_BASE + len(SEED_HOSTS) - 1),
+        "hosts.lb1.forward.site-https",
         "is kept for the machines' SSH",
         id="forward-onto-last-ssh-port",
     ),
     pytest.param(
-        setting("hosts.lb1.forward.443", 0),
-        "hosts.lb1.forward.443",
+        setting("hosts.lb1.forward.site-https", 0),
+        "hosts.lb1.forward.site-https",
         "expected a port number 1-65535, got 0",
         id="forward-to-port-0",
     ),
@@ -570,7 +589,7 @@ def test_duplicate_address_is_rejected_naming_both_hosts() -> None:
 
 def test_forward_just_past_the_ssh_port_range_is_accepted() -> None:
     first_free = SSH_PORT_BASE + len(SEED_HOSTS)
-    parsed = topology.parse(setting("hosts.lb1.forward.443", first_free)())
+    parsed = topology.parse(setting("hosts.lb1.forward.site-https", first_free)())
     assert parsed.hosts["lb1"].forward[443] == first_free
 
 
@@ -626,3 +645,27 @@ def test_option_overrides_are_read_as_yaml_scalars() -> None:
     assert topology.parse_option_overrides("reencrypt=true, n=3") == {"reencrypt": True, "n": 3}
     with pytest.raises(TopologyError):
         topology.parse_option_overrides("reencrypt")
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def test_a_port_is_read_by_its_service_name(seed: Topology) -> None:
+    assert seed.port("mysql") == yaml.safe_load(SEED_TEXT)["ports"]["mysql"]
+
+
+def test_an_unknown_port_name_is_a_key_error_naming_the_known_ones(seed: Topology) -> None:
+    with pytest.raises(KeyError, match="names no port 'memcached'.*known: site-https"):
+        seed.port("memcached")
+
+
+def test_a_flow_carries_the_port_and_the_service_it_names(seed: Topology) -> None:
+    flow = next(f for f in seed.flows if f.source == "app" and f.dest == "db-primary")
+    assert (flow.service, flow.port) == ("mysql", seed.port("mysql"))
+
+
+def test_forwarded_gives_the_loopback_port_of_a_service_or_none(seed: Topology) -> None:
+    lb = seed.with_role("lb")[0]
+    forwards = yaml.safe_load(SEED_TEXT)["hosts"][lb.name]["forward"]
+    assert seed.forwarded(lb, "site-https") == forwards["site-https"]
+    assert seed.forwarded(lb, "mysql") is None

@@ -94,7 +94,7 @@ def _settings(endpoint: str = "port") -> dict[str, Any]:
     db = parser["database"]
     return {
         "host": db["host"],
-        "port": db.getint(endpoint, db.getint("port", 3306)),
+        "port": db.getint(endpoint),  # port (the writer) or read_port, both in app.ini
         "user": db["user"],
         "password": db["password"],
         "database": db["name"],

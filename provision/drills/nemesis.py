@@ -14,7 +14,6 @@ run them without a machine.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shlex
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 from provision import PROJECT_ROOT
 from provision.engine import Remote, StepError
 from provision.inventory import Endpoint
+from provision.power import Power, PowerError
 from provision.topology import Host, Topology
 
 DB_ROLES = ("db-primary", "db-replica")
@@ -36,7 +36,8 @@ FAULTS: dict[str, str] = {
     "kill": "SIGKILL the target's services (db: mariadbd; web/app: nginx and the app's "
     "gunicorn, unit testbed-app; lb: haproxy); heal: systemctl start them (systemd may "
     "already have restarted some).",
-    "stop": "Stop the whole machine (`vagrant halt HOST`), then start it (`vagrant up HOST`); "
+    "stop": "Stop the whole machine (`vagrant halt HOST`, or the inventory's power.stop), "
+    "then start it (`vagrant up HOST`, or power.start); "
     "both are timed.",
     "pause": "SIGSTOP the target's processes (db: mariadbd only, dbcheck keeps answering; "
     "web/app: nginx and gunicorn; lb: haproxy); heal: SIGCONT.",
@@ -653,56 +654,40 @@ class Delay(Fault):
         return f"removed netem from {', '.join(self.interfaces)} of {self.host}"
 
 
-def _vagrant_env(topo: Topology) -> dict[str, str]:
-    return dict(os.environ, TESTBED_TOPOLOGY=topo.name)
-
-
 @dataclass
 class Stop(Fault):
     name: str = "stop"
     inventory: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
-    def preflight(self) -> None:
-        if self.inventory:
-            raise DrillError(
-                "stop: needs Vagrant machines; with --inventory (real servers) "
-                "there is no machine to halt"
-            )
-        self._vagrant("status", "preflight (vagrant status)", 120)
+    @property
+    def power(self) -> Power:
+        return Power(self.machines.topo, self.machines.eps, self.inventory or None)
 
-    def _vagrant(self, action: str, step: str, timeout: float) -> float:
-        started = time.monotonic()
+    def preflight(self) -> None:
         try:
-            res = subprocess.run(
-                ["vagrant", action, self.host],
-                cwd=PROJECT_ROOT,
-                env=_vagrant_env(self.machines.topo),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise DrillError(
-                f"{step} for {self.host}: `vagrant {action} {self.host}`: {exc}"
-            ) from None
-        if res.returncode != 0:
-            tail = _oneline("\n".join((res.stderr or res.stdout).strip().splitlines()[-4:]))
-            raise DrillError(
-                f"{step} for {self.host}: `vagrant {action} {self.host}` exited "
-                f"{res.returncode}: {tail}"
-            )
-        return time.monotonic() - started
+            self.power.command("stop", self.host)
+            self.power.command("start", self.host)
+        except PowerError as exc:
+            raise DrillError(f"stop: {exc}") from None
+
+    def _power(self, action: str, step: str, timeout: float) -> float:
+        try:
+            return self.power.run(action, self.host, timeout)
+        except PowerError as exc:
+            raise DrillError(f"{step} for {self.host}: {exc}") from None
+
+    def _shown(self, action: str) -> str:
+        return " ".join(self.power.command(action, self.host))
 
     def inject(self) -> str:
         self.machines.forget(self.host)
-        self.timings["halt_s"] = self._vagrant("halt", "inject (vagrant halt)", 300)
+        self.timings["halt_s"] = self._power("stop", "inject (stop the machine)", 300)
         self.applied()
-        return f"vagrant halt {self.host}: {self.timings['halt_s']:.1f} s"
+        return f"{self._shown('stop')}: {self.timings['halt_s']:.1f} s"
 
     def heal(self) -> str:
-        self.timings["up_s"] = self._vagrant("up", "heal (vagrant up)", 900)
+        self.timings["up_s"] = self._power("start", "heal (start the machine)", 900)
         started = time.monotonic()
         deadline = started + 90
         while True:
@@ -716,12 +701,12 @@ class Stop(Fault):
                 time.sleep(1)
         self.timings["ssh_s"] = time.monotonic() - started
         return (
-            f"vagrant up {self.host}: {self.timings['up_s']:.1f} s, SSH after "
+            f"{self._shown('start')}: {self.timings['up_s']:.1f} s, SSH after "
             f"{self.timings['ssh_s']:.1f} s more"
         )
 
     def heal_hint(self) -> str:
-        return f"vagrant up {self.host}"
+        return self._shown("start")
 
 
 @dataclass

@@ -37,13 +37,14 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from provision import STATE_DIR, tasks
+from provision import STATE_DIR, dbcluster
 from provision.dbcluster import NodeState
 from provision.drills import nemesis
 from provision.drills.nemesis import DrillError, Machines, Target
 from provision.drills.workload import Workload, WorkloadError
 from provision.engine import Remote
-from provision.inventory import Endpoint
+from provision.inventory import Endpoint, InventoryError, site_entry
+from provision.ops.common import TaskError, endpoints, load
 from provision.topology import Topology
 
 DRILLS_DIR = STATE_DIR / "drills"
@@ -336,6 +337,7 @@ class Drill:
     phases: dict[str, float] = field(default_factory=dict)
     events: JsonLines | None = None
     nemesis: nemesis.Fault | None = None
+    inventory: str | None = None
 
     def emit(self, event: str, detail: str = "") -> None:
         assert self.events is not None
@@ -380,9 +382,9 @@ def run(
         raise DrillError("give --target: a host name or a role (db-primary, db-replica, web, lb)")
     say("preflight: topology and how to reach each machine (vagrant ssh-config)")
     try:
-        topo = tasks.load(topology)
-        eps = tasks.endpoints(topo, inventory)
-    except tasks.TaskError as exc:
+        topo = load(topology)
+        eps = endpoints(topo, inventory)
+    except TaskError as exc:
         raise DrillError(f"preflight: {exc}") from None
     machines = Machines(topo, eps, say)
     try:
@@ -422,7 +424,7 @@ def _preflight(
     replicas: list[str] = []
     problem: str | None = None
     if topo.in_tier("db"):
-        states = tasks.db_states(topo, eps)
+        states = dbcluster.states(topo, eps)
         problem = cluster_problem(states)
         writable = [s.name for s in states.values() if s.reachable and not s.read_only]
         primary = writable[0] if len(writable) == 1 else None
@@ -468,6 +470,7 @@ def _preflight(
     if fault == "loss":
         info["loss"] = loss
     drill = Drill(fault, topo, eps, machines, target, peers, folder, say, info)
+    drill.inventory = inventory or None
     drill.nemesis = nemesis.make(
         fault,
         machines,
@@ -508,12 +511,10 @@ def _execute(
     drill.folder.mkdir(parents=True, exist_ok=False)
     say(f"drill folder: {_shown(drill.folder)}")
     drill.events = JsonLines(drill.folder / "events.jsonl")
-    lb = topo.with_role("lb")[0]
-    site = (
-        f"https://127.0.0.1:{lb.forward[443]}"
-        if 443 in lb.forward
-        else f"https://{lb.primary_address}"
-    )
+    try:
+        site = site_entry(topo, drill.inventory or None).url()
+    except InventoryError as exc:
+        raise DrillError(f"preflight: {exc}") from None
     run_time = warmup + duration + SETTLE_MAX + settle + 120
     run_time += {"stop": 1200, "deploy": 1800}.get(drill.fault, 0)
     workload = Workload(
@@ -683,7 +684,7 @@ def _wait_settled(drill: Drill, sampler: Sampler, nodes: list[str], since: float
 def collect_final(drill: Drill, prefix: str) -> dict[str, Any]:
     """final.json: per reachable db node the counts of this drill's notes, who is writable."""
     topo = drill.topo
-    states = tasks.db_states(topo, drill.eps)
+    states = dbcluster.states(topo, drill.eps)
     sql = f"SELECT text, COUNT(*) FROM testbed.notes WHERE text LIKE '{prefix} %' GROUP BY text"
     counts: dict[str, dict[str, int]] = {}
     unreachable: list[str] = []

@@ -8,7 +8,7 @@ The monitor host itself is scraped by the central Prometheus directly (`monitor`
 
 from __future__ import annotations
 
-from provision import monitoring, secrets
+from provision import layout, monitoring, secrets, site
 from provision.engine import (
     File,
     HostContext,
@@ -37,7 +37,7 @@ def steps(ctx: HostContext) -> list[Step]:
             "/etc/default/prometheus-node-exporter",
             "# Managed by webinfra-testbed (provision/roles/agent); local edits are overwritten.\n"
             + _default(
-                f"--web.listen-address=127.0.0.1:9100 "
+                f"--web.listen-address={layout.NODE_EXPORTER_LISTEN} "
                 f"--collector.textfile.directory={NODE_TEXTFILES}"
             ),
             notify=["restart prometheus-node-exporter"],
@@ -46,9 +46,7 @@ def steps(ctx: HostContext) -> list[Step]:
         Service("prometheus-node-exporter", name="Ensure node_exporter is running."),
     ]
     if host.has_role("lb"):
-        from provision.roles import lb
-
-        cert = lb.site_certificate(topo).cert
+        cert = site.site_certificate(topo).cert
         result.append(
             File(
                 f"{NODE_TEXTFILES}/tls.prom",
@@ -60,8 +58,6 @@ def steps(ctx: HostContext) -> list[Step]:
             )
         )
     if host.has_role("web"):
-        from provision.roles import web
-
         result += [
             Packages(
                 ("prometheus-nginx-exporter",), name="Ensure the nginx exporter is installed."
@@ -70,8 +66,8 @@ def steps(ctx: HostContext) -> list[Step]:
                 "/etc/default/prometheus-nginx-exporter",
                 "# Managed by webinfra-testbed (provision/roles/agent).\n"
                 + _default(
-                    f"-nginx.scrape-uri=http://{web.STATUS_LISTEN}/nginx_status "
-                    "-web.listen-address=127.0.0.1:9113"
+                    f"-nginx.scrape-uri=http://{layout.NGINX_STATUS_LISTEN}/nginx_status "
+                    f"-web.listen-address={layout.NGINX_EXPORTER_LISTEN}"
                 ),
                 notify=["restart prometheus-nginx-exporter"],
                 name="Ensure the nginx exporter reads stub_status on loopback.",
@@ -91,7 +87,6 @@ def steps(ctx: HostContext) -> list[Step]:
                 mode="0640",
                 owner="root",
                 group="prometheus",
-                secret=True,
                 notify=["restart prometheus-mysqld-exporter"],
                 name="Ensure the mysqld exporter's credentials are in place (0640).",
             ),
@@ -100,7 +95,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 "# Managed by webinfra-testbed (provision/roles/agent).\n"
                 + _default(
                     "--config.my-cnf=/etc/prometheus/mysqld-exporter.cnf "
-                    "--web.listen-address=127.0.0.1:9104 --collect.slave_status"
+                    f"--web.listen-address={layout.MYSQLD_EXPORTER_LISTEN} --collect.slave_status"
                 ),
                 notify=["restart prometheus-mysqld-exporter"],
                 name="Ensure the mysqld exporter listens on loopback only.",
@@ -117,7 +112,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 "agent",
                 "prometheus-agent.yml.j2",
                 host=host,
-                targets=monitoring.targets(host),
+                targets=monitoring.targets(topo, host),
                 interval=monitoring.SCRAPE_INTERVAL,
                 remote_write=monitoring.remote_write_url(topo, host),
             ),
@@ -130,7 +125,7 @@ def steps(ctx: HostContext) -> list[Step]:
             "# Managed by webinfra-testbed (provision/roles/agent).\n"
             + _default(
                 "--enable-feature=agent --config.file=/etc/prometheus/prometheus.yml "
-                f"--web.listen-address={monitoring.AGENT_LISTEN} "
+                f"--web.listen-address={layout.AGENT_LISTEN} "
                 "--storage.agent.path=/var/lib/prometheus/agent"
             ),
             notify=["restart prometheus"],

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provision import PROJECT_ROOT, STATE_DIR, secrets
+from provision import PROJECT_ROOT, STATE_DIR, dbcluster, layout, secrets
 from provision.engine import (
     Command,
     File,
@@ -27,16 +27,12 @@ from provision.engine import (
     restart_handler,
     system_user,
 )
-from provision.roles import db
 
 HOME = "/opt/testbed-app"
 VENV = f"{HOME}/venv"
 CONFIG = "/etc/testbed-app/app.ini"
 UNIT = "testbed-app"
-LISTEN = "127.0.0.1:8000"
 CONNECTOR = "mysql-connector-python"
-WRITER_LISTEN = "127.0.0.1:3307"
-READER_LISTEN = "127.0.0.1:3308"
 WRITER_CONFIG = "/etc/haproxy/db-writer.cfg"
 APP_DIR = PROJECT_ROOT / "app" / "testbed_app"
 
@@ -111,18 +107,18 @@ def steps(ctx: HostContext) -> list[Step]:
             render(
                 "app",
                 "db-writer.cfg.j2",
-                listen=WRITER_LISTEN,
-                read_listen=READER_LISTEN,
-                check_port=db.DBCHECK_PORT,
-                db_port=db.DB_PORT,
+                listen=layout.DB_WRITER_LISTEN,
+                read_listen=layout.DB_READER_LISTEN,
+                check_port=topo.port("dbcheck"),
+                db_port=topo.port("mysql"),
                 # Half a second: the failover controller waits this long (and a margin)
                 # after fencing the old primary before the new one may take writes.
                 inter="500ms",
                 fall=1,
-                nodes=[(d.name, db.private_address(topo, d)) for d in db.db_hosts(topo)],
+                nodes=[(d.name, dbcluster.node_address(topo, d)) for d in dbcluster.db_hosts(topo)],
                 read_nodes=[
-                    (d.name, db.private_address(topo, d))
-                    for d in sorted(db.db_hosts(topo), key=lambda d: d.name != ctx.host.name)
+                    (d.name, dbcluster.node_address(topo, d))
+                    for d in sorted(dbcluster.db_hosts(topo), key=lambda d: d.name != ctx.host.name)
                 ],
             ),
             validate="haproxy -c -q -f {path}",
@@ -131,7 +127,9 @@ def steps(ctx: HostContext) -> list[Step]:
         ),
         File(
             "/etc/systemd/system/db-writer.service",
-            render("app", "db-writer.service.j2", listen=WRITER_LISTEN, config=WRITER_CONFIG),
+            render(
+                "app", "db-writer.service.j2", listen=layout.DB_WRITER_LISTEN, config=WRITER_CONFIG
+            ),
             notify=["restart db-writer"],
             name="Ensure the writer endpoint's unit is up to date.",
         ),
@@ -141,17 +139,16 @@ def steps(ctx: HostContext) -> list[Step]:
             render(
                 "app",
                 "app.ini.j2",
-                db_host=WRITER_LISTEN.split(":")[0],
-                db_port=WRITER_LISTEN.split(":")[1],
-                read_port=READER_LISTEN.split(":")[1],
-                db_user=db.APP_USER,
+                db_host=layout.host_of(layout.DB_WRITER_LISTEN),
+                db_port=layout.port_of(layout.DB_WRITER_LISTEN),
+                read_port=layout.port_of(layout.DB_READER_LISTEN),
+                db_user=layout.APP_USER,
                 db_password=secrets.password("db-app"),
-                db_name=db.DATABASE,
+                db_name=layout.DATABASE,
             ),
             mode="0600",
             owner="testbed-app",
             group="testbed-app",
-            secret=True,
             notify=["restart testbed-app"],
             name="Ensure the app's database settings are in place (0600).",
         ),
@@ -163,7 +160,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 home=HOME,
                 venv=VENV,
                 config=CONFIG,
-                listen=LISTEN,
+                listen=layout.APP_LISTEN,
                 workers=workers(ctx.facts.get("cpus", "1")),
             ),
             notify=["restart testbed-app"],

@@ -34,19 +34,12 @@ from provision.engine import (
     role_script,
     system_user,
 )
+from provision.layout import APP_USER, DATABASE, FAILOVER_USER
 from provision.topology import Host, Topology
 
-DATABASE = dbcluster.DATABASE
-APP_USER = "app"
-FAILOVER_USER = "failover"
 CONFIG = "/etc/mysql/mariadb.conf.d/60-webinfra-testbed.cnf"
 DBCHECK = "/usr/local/lib/webinfra-testbed/dbcheck.py"
-DB_PORT = dbcluster.DB_PORT  # one owner: provision/dbcluster.py
-DBCHECK_PORT = 9200
 DBCHECK_CONFIG = "/etc/webinfra-testbed/dbcheck.json"
-LEASE_SECONDS = 3.0
-"""How long a primary keeps taking writes once neither the controller nor a replica
-reaches it. The controller waits longer than this before it promotes anyone."""
 SEMISYNC_TIMEOUT_MS = 10000
 SLAVE_NET_TIMEOUT = 2
 
@@ -81,29 +74,19 @@ def agent_config(topology: Topology, host: Host) -> dict[str, object]:
     return {
         "_managed_by": "webinfra-testbed, from provision/roles/db (local edits are lost)",
         "name": host.name,
-        "listen": private_address(topology, host),
-        "address": private_address(topology, host),
-        "port": DBCHECK_PORT,
+        "listen": dbcluster.node_address(topology, host),
+        "address": dbcluster.node_address(topology, host),
+        "port": topology.port("dbcheck"),
         "lease_required": bool(topology.option("auto_failover", False)),
-        "lease_seconds": LEASE_SECONDS,
+        "lease_seconds": dbcluster.LEASE_SECONDS,
         "peers": [
             {"name": p.name, "address": str(topology.address_for(host, p))}
-            for p in db_hosts(topology)
+            for p in dbcluster.db_hosts(topology)
             if p.name != host.name
         ],
         "controllers": [str(topology.address_for(host, m)) for m in topology.with_role("monitor")],
         "token": secrets.password("dbwatch-token"),
     }
-
-
-def db_hosts(topology: Topology) -> list[Host]:
-    return topology.in_tier("db")
-
-
-def private_address(topology: Topology, host: Host) -> str:
-    """Where a db host listens: its address on the network the app hosts reach it by."""
-    apps = topology.with_role("app")
-    return str(topology.address_for(apps[0], host)) if apps else str(host.primary_address)
 
 
 def app_clients(topology: Topology, db: Host) -> list[tuple[str, str]]:
@@ -174,9 +157,10 @@ def users(topology: Topology, host: Host) -> list[DbUser]:
         for name, source in app_clients(topology, host)
     ]  # fmt: skip
     result += [
-        DbUser(dbcluster.REPL_USER, private_address(topology, peer), dbcluster.repl_password(),
-               global_privs=("REPLICATION SLAVE",), why=f"replication to {peer.name}")
-        for peer in db_hosts(topology)
+        DbUser(dbcluster.REPL_USER, dbcluster.node_address(topology, peer),
+               dbcluster.repl_password(), global_privs=("REPLICATION SLAVE",),
+               why=f"replication to {peer.name}")
+        for peer in dbcluster.db_hosts(topology)
         if peer.name != host.name
     ]  # fmt: skip
     result += [
@@ -212,7 +196,7 @@ def absent_users(topology: Topology, host: Host) -> list[tuple[str, str]]:
 
 def steps(ctx: HostContext) -> list[Step]:
     topo, host = ctx.topology, ctx.host
-    listen = private_address(topo, host)
+    listen = dbcluster.node_address(topo, host)
     result: list[Step] = [
         Packages(("mariadb-server", "mariadb-client"), name="Ensure MariaDB is installed."),
         File(
@@ -221,6 +205,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 "db",
                 "server.cnf.j2",
                 bind_address=listen,
+                port=topo.port("mysql"),
                 server_id=host.index + 1,
                 semisync_timeout_ms=SEMISYNC_TIMEOUT_MS,
                 slave_net_timeout=SLAVE_NET_TIMEOUT,
@@ -264,7 +249,6 @@ def steps(ctx: HostContext) -> list[Step]:
             mode="0600",
             owner="dbcheck",
             group="dbcheck",
-            secret=True,
             notify=["restart dbcheck"],
             name="Ensure the node's agent knows its peers, its controller and the lease.",
         ),
@@ -326,7 +310,7 @@ class Replicates(Step):
 
     def apply(self, remote: Remote) -> Outcome:
         topo = self.ctx.topology
-        address = private_address(topo, topo.hosts[self.primary])
+        address = dbcluster.node_address(topo, topo.hosts[self.primary])
         state = dbcluster.read_state(self.ctx.host, remote)
         if (
             state.replicating_from == address
@@ -347,26 +331,22 @@ class Replicates(Step):
             )
         if self.ctx.peer is None:
             raise StepError("no way to reach the primary to seed this replica")
-        primary = self.ctx.peer(self.primary)
-        lacking = dbcluster.missing_from(
-            state, dbcluster.read_state(topo.hosts[self.primary], primary)
-        )
-        if lacking:
-            primary.close()
-            raise StepError(
-                f"{self.ctx.host.name} holds transactions the primary {self.primary} lacks "
-                f"({', '.join(lacking)}): re-seeding it would throw them away, so the deploy "
-                f"leaves it alone. See them with `fab db.status`; rebuild it with "
-                f"`fab db.rejoin --host {self.ctx.host.name} --discard`, which lists what "
-                "it discards."
+        with self.ctx.peer(self.primary) as primary:
+            lacking = dbcluster.missing_from(
+                state, dbcluster.read_state(topo.hosts[self.primary], primary)
             )
-        try:
+            if lacking:
+                raise StepError(
+                    f"{self.ctx.host.name} holds transactions the primary {self.primary} "
+                    f"lacks ({', '.join(lacking)}): re-seeding it would throw them away, so "
+                    "the deploy leaves it alone. See them with `fab db.status`; rebuild it "
+                    f"with `fab db.rejoin --host {self.ctx.host.name} --discard`, which lists "
+                    "what it discards."
+                )
             dump, gtid = dbcluster._dump(primary)
-            dbcluster.seed_replica(remote, address, dump, gtid)
+            dbcluster.seed_replica(remote, address, dump, gtid, port=topo.port("mysql"))
             dbcluster.wait_replicating(remote)
             dbcluster.resume_semisync(primary, remote)
-        finally:
-            primary.close()
         return Outcome(True, f"seeded from {self.primary} at GTID {gtid}")
 
     def semisync(self, remote: Remote, state: dbcluster.NodeState) -> Outcome:
@@ -377,11 +357,8 @@ class Replicates(Step):
             dbcluster.mysql(remote, "SET GLOBAL rpl_semi_sync_master_enabled = OFF;")
             done.append("no longer waits for acknowledgements itself")
         if state.semisync_slave != "ON" and state.io_running == "Yes" and self.ctx.peer:
-            primary = self.ctx.peer(self.primary)
-            try:
+            with self.ctx.peer(self.primary) as primary:
                 waits = dbcluster.mysql(primary, "SELECT @@rpl_semi_sync_master_enabled;")
-            finally:
-                primary.close()
             if waits[0][0] == "1":  # it connected before its primary waited: reconnect
                 dbcluster.mysql(remote, "STOP SLAVE IO_THREAD; START SLAVE IO_THREAD;")
                 done.append("reconnected to acknowledge its primary's commits")

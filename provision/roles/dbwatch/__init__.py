@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from provision import secrets
+from provision import dbcluster, layout, secrets
 from provision.engine import (
     Command,
     File,
@@ -23,7 +23,6 @@ from provision.engine import (
     role_script,
     system_user,
 )
-from provision.roles import db
 
 HOME = "/etc/webinfra-testbed"
 SCRIPT = "/usr/local/lib/webinfra-testbed/dbwatch.py"
@@ -54,15 +53,18 @@ def steps(ctx: HostContext) -> list[Step]:
                 "rm -f /var/lib/dbwatch/state.json",
             )
         ]
-    nodes = [{"name": h.name, "address": db.private_address(topo, h)} for h in db.db_hosts(topo)]
+    nodes = [
+        {"name": h.name, "address": dbcluster.node_address(topo, h)}
+        for h in dbcluster.db_hosts(topo)
+    ]
     config = {
         "_managed_by": "webinfra-testbed, from provision/roles/dbwatch (local edits are lost)",
         "nodes": nodes,
-        "check_port": db.DBCHECK_PORT,
+        "check_port": topo.port("dbcheck"),
         "client_cnf": CLIENT_CNF,
         "confirm_seconds": CONFIRM_SECONDS,
         "interval_seconds": INTERVAL_SECONDS,
-        "lease_seconds": db.LEASE_SECONDS,
+        "lease_seconds": dbcluster.LEASE_SECONDS,
         "fence_margin": FENCE_MARGIN_SECONDS,
         "writer_check_window": WRITER_CHECK_WINDOW_SECONDS,
         "split_brain_grace": SPLIT_BRAIN_GRACE_SECONDS,
@@ -84,7 +86,6 @@ def steps(ctx: HostContext) -> list[Step]:
             mode="0600",
             owner="dbwatch",
             group="dbwatch",
-            secret=True,
             notify=["restart dbwatch"],
             name="Ensure the failover controller knows every database node.",
         ),
@@ -93,13 +94,13 @@ def steps(ctx: HostContext) -> list[Step]:
             render(
                 "dbwatch",
                 "client.cnf.j2",
-                user=db.FAILOVER_USER,
+                user=layout.FAILOVER_USER,
+                port=topo.port("mysql"),
                 password=secrets.password("db-failover"),
             ),
             mode="0600",
             owner="dbwatch",
             group="dbwatch",
-            secret=True,
             notify=["restart dbwatch"],
             name="Ensure the controller's database credentials are in place (0600).",
         ),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provision import secrets, tls
+from provision import secrets, site, tls
 from provision.engine import (
     File,
     HostContext,
@@ -23,13 +23,11 @@ from provision.engine import (
     reload_handler,
     render,
 )
-from provision.roles import web
 from provision.topology import Host, Topology
 
 CERT = "/etc/haproxy/certs/site.pem"
 CA = "/etc/haproxy/testbed-ca.pem"
 CONFIG = "/etc/haproxy/haproxy.cfg"
-STATS_PORT = 8404
 HTTP_REQUEST_TIMEOUT = "5s"
 """How long a client may take to send its request headers (slowloris guard)."""
 
@@ -41,29 +39,19 @@ class Backend:
     port: int
 
 
-def site_certificate(topology: Topology, renew: bool = False) -> secrets.KeyPair:
-    """The certificate for the site's names, the load balancers' addresses and 127.0.0.1."""
-    ips = sorted({str(a) for lb in topology.with_role("lb") for a in lb.addresses.values()})
-    return secrets.leaf("site", list(topology.site.names), [*ips, "127.0.0.1"], renew=renew)
-
-
-def accepted_hosts(topology: Topology, lb: Host) -> list[str]:
-    """Host header values (port stripped) the site answers to; others get 421."""
-    return [*topology.site.names, *(str(a) for a in lb.addresses.values()), "127.0.0.1"]
-
-
-def port_map(lb: Host) -> list[tuple[int, int]]:
-    """(host port of 80, host port of 443) when both are forwarded to the host's loopback:
-    a redirect that arrives through the forwarded http port must name the forwarded https
-    port."""
-    http, https = lb.forward.get(80), lb.forward.get(443)
+def port_map(topology: Topology, lb: Host) -> list[tuple[int, int]]:
+    """(host port of site-http, host port of site-https) when both are forwarded to the
+    host's loopback: a redirect that arrives through the forwarded http port must name the
+    forwarded https port."""
+    http, https = topology.forwarded(lb, "site-http"), topology.forwarded(lb, "site-https")
     return [(http, https)] if http and https else []
 
 
 def steps(ctx: HostContext) -> list[Step]:
     topo, host = ctx.topology, ctx.host
     reencrypt = bool(topo.option("reencrypt", False))
-    port = web.backend_port(topo)
+    port = site.backend_port(topo)
+    stats_port = topo.port("haproxy-stats")
     backends = [
         Backend(w.name, str(topo.address_for(host, w)), port) for w in topo.with_role("web")
     ]
@@ -75,12 +63,14 @@ def steps(ctx: HostContext) -> list[Step]:
         cert=CERT,
         ca=CA,
         site=topo.site.name,
-        hosts=accepted_hosts(topo, host),
-        port_map=port_map(host),
+        hosts=site.accepted_hosts(topo, host),
+        port_map=port_map(topo, host),
+        https_port=topo.port("site-https"),
+        http_port=topo.port("site-http"),
         backends=backends,
         reencrypt=reencrypt,
-        stats_bind=f"{stats_address}:{STATS_PORT}",
-        stats_port=STATS_PORT,
+        stats_bind=f"{stats_address}:{stats_port}",
+        stats_port=stats_port,
         http_request_timeout=HTTP_REQUEST_TIMEOUT,
     )
     return [
@@ -93,11 +83,10 @@ def steps(ctx: HostContext) -> list[Step]:
         ),
         File(
             CERT,
-            site_certificate(topo).bundle,
+            site.site_certificate(topo).bundle,
             mode="0600",
             owner="haproxy",
             group="haproxy",
-            secret=True,
             notify=["reload haproxy"],
             name=f"Ensure the certificate for {topo.site.name} is installed (0600).",
         ),

@@ -9,7 +9,7 @@ template, /consoles/testbed.html.
 
 from __future__ import annotations
 
-from provision import monitoring
+from provision import dbcluster, layout, monitoring
 from provision.engine import (
     Command,
     File,
@@ -23,10 +23,8 @@ from provision.engine import (
     restart_handler,
     role_script,
 )
-from provision.roles import db
 
 RETENTION = "1d"
-RECEIVER = "127.0.0.1:9095"
 RECEIVER_SCRIPT = "/usr/local/lib/webinfra-testbed/alert-receiver.py"
 EXAMPLES = "/usr/share/doc/prometheus/examples"
 
@@ -65,8 +63,10 @@ def steps(ctx: HostContext) -> list[Step]:
                 "monitor",
                 "prometheus.yml.j2",
                 host=host,
-                targets=monitoring.targets(host),
+                targets=monitoring.targets(topo, host),
                 interval=monitoring.SCRAPE_INTERVAL,
+                alertmanager=layout.ALERTMANAGER_LISTEN,
+                prometheus_port=topo.port("prometheus"),
             ),
             validate="promtool check config --syntax-only {path}",
             notify=["reload prometheus"],
@@ -79,7 +79,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 "testbed.html.j2",
                 comment="{{/*",
                 hosts=list(topo),
-                db_hosts=db.db_hosts(topo),
+                db_hosts=dbcluster.db_hosts(topo),
             ).replace("local edits are overwritten.\n", "local edits are overwritten. */}}\n", 1),
             name="Ensure the dashboard is up to date.",
         ),
@@ -87,7 +87,7 @@ def steps(ctx: HostContext) -> list[Step]:
             "/etc/default/prometheus",
             _default(
                 "--config.file=/etc/prometheus/prometheus.yml "
-                f"--web.listen-address=0.0.0.0:{monitoring.PROMETHEUS_PORT} "
+                f"--web.listen-address=0.0.0.0:{topo.port('prometheus')} "
                 "--web.enable-remote-write-receiver "
                 f"--storage.tsdb.retention.time={RETENTION} "
                 "--web.console.templates=/etc/prometheus/consoles "
@@ -99,7 +99,7 @@ def steps(ctx: HostContext) -> list[Step]:
         Service("prometheus", name="Ensure Prometheus is running."),
         File(
             "/etc/prometheus/alertmanager.yml",
-            render("monitor", "alertmanager.yml.j2", receiver=RECEIVER),
+            render("monitor", "alertmanager.yml.j2", receiver=layout.ALERT_RECEIVER_LISTEN),
             validate="amtool check-config {path}",
             notify=["restart prometheus-alertmanager"],
             name="Ensure Alertmanager sends every alert to the recorder.",
@@ -108,7 +108,7 @@ def steps(ctx: HostContext) -> list[Step]:
             "/etc/default/prometheus-alertmanager",
             _default(
                 "--config.file=/etc/prometheus/alertmanager.yml "
-                "--web.listen-address=127.0.0.1:9093 --cluster.listen-address="
+                f"--web.listen-address={layout.ALERTMANAGER_LISTEN} --cluster.listen-address="
             ),
             notify=["restart prometheus-alertmanager"],
             name="Ensure Alertmanager listens on loopback, without clustering.",
@@ -127,8 +127,8 @@ def steps(ctx: HostContext) -> list[Step]:
                 "monitor",
                 "alert-receiver.service.j2",
                 script=RECEIVER_SCRIPT,
-                listen=RECEIVER.split(":")[0],
-                port=RECEIVER.split(":")[1],
+                listen=layout.host_of(layout.ALERT_RECEIVER_LISTEN),
+                port=layout.port_of(layout.ALERT_RECEIVER_LISTEN),
             ),
             notify=["restart alert-receiver"],
             name="Ensure the alert recorder's unit is up to date.",

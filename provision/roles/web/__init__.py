@@ -7,7 +7,7 @@ HAProxy verifies.
 
 from __future__ import annotations
 
-from provision import secrets, tls
+from provision import layout, secrets, site, tls
 from provision.engine import (
     Command,
     File,
@@ -19,23 +19,12 @@ from provision.engine import (
     render,
     restart_handler,
 )
-from provision.roles.app import LISTEN
 from provision.topology import Host, Topology
 
 SITE = "/etc/nginx/sites-available/webinfra-testbed.conf"
 ENABLED = "/etc/nginx/sites-enabled/webinfra-testbed.conf"
 CERT_DIR = "/etc/nginx/tls"
 MAX_BODY = "16k"
-STATUS_LISTEN = "127.0.0.1:8081"
-"""nginx stub_status, for the monitoring agent (loopback only)."""
-
-
-def backend_port(topology: Topology) -> int:
-    """The port the load balancers reach web servers on: the lb -> web flow's port."""
-    ports = {f.port for f in topology.flows if f.source == "lb" and f.dest == "web"}
-    if len(ports) != 1:
-        raise ValueError(f"topology {topology.name}: expected one lb -> web flow, found {ports}")
-    return ports.pop()
 
 
 def backend_address(topology: Topology, web: Host) -> str:
@@ -64,7 +53,6 @@ def steps(ctx: HostContext) -> list[Step]:
                 f"{CERT_DIR}/backend.key",
                 pair.key_pem,
                 mode="0600",
-                secret=True,
                 notify=["restart nginx"],
                 name="Ensure this backend's private key is installed (0600).",
             ),
@@ -76,13 +64,13 @@ def steps(ctx: HostContext) -> list[Step]:
                 "web",
                 "site.conf.j2",
                 address=backend_address(topo, host),
-                port=backend_port(topo),
+                port=site.backend_port(topo),
                 tls=reencrypt,
                 policy=tls.INTERMEDIATE,
                 cert_dir=CERT_DIR,
-                upstream=LISTEN,
+                upstream=layout.APP_LISTEN,
                 max_body=MAX_BODY,
-                status_listen=STATUS_LISTEN,
+                status_listen=layout.NGINX_STATUS_LISTEN,
             ),
             validate_in_place="nginx -t -q",
             notify=["restart nginx"],

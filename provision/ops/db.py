@@ -6,6 +6,7 @@ the timeline to .testbed/db-events.jsonl. SQL runs as root on the machines over 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import json
@@ -16,35 +17,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from provision import STATE_DIR, dbcluster, engine, inventory, monitoring, topology
+from provision import STATE_DIR, dbcluster, engine, inventory, layout, monitoring, secrets, topology
 from provision.dbcluster import NodeState, Timeline
-from provision.roles import db
+from provision.ops.common import TaskError
 
 EVENTS = STATE_DIR / "db-events.jsonl"
 BACKUPS = STATE_DIR / "backups"
 
 
-class DbOpError(RuntimeError):
-    pass
+class DbOpError(TaskError):
+    """A database operation refused or could not go on; the message says why and what to do."""
 
 
 @contextmanager
 def connected(
     topo: topology.Topology, eps: dict[str, inventory.Endpoint], name: str
 ) -> Iterator[engine.Remote]:
-    remote = engine.Remote(topo.hosts[name], eps[name])
-    try:
-        remote.connect()
-    except Exception as exc:
-        raise DbOpError(f"{name}: cannot connect over SSH: {type(exc).__name__}: {exc}") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            remote = stack.enter_context(engine.Remote(topo.hosts[name], eps[name]))
+        except Exception as exc:
+            raise DbOpError(
+                f"{name}: cannot connect over SSH: {type(exc).__name__}: {exc}"
+            ) from None
         yield remote
-    finally:
-        remote.close()
 
 
-def states(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> dict[str, NodeState]:
-    return dbcluster.states(topo, eps)
+def print_status(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> None:
+    """`fab db.status`: one line per database node."""
+    print("Database nodes:")
+    print("\n".join(status_lines(dbcluster.states(topo, eps))))
 
 
 def status_lines(found: dict[str, NodeState]) -> list[str]:
@@ -79,7 +81,7 @@ def _record(kind: str, timeline: Timeline, **extra: object) -> None:
 
 
 def _address(topo: topology.Topology, name: str) -> str:
-    return db.private_address(topo, topo.hosts[name])
+    return dbcluster.node_address(topo, topo.hosts[name])
 
 
 def _current(topo: topology.Topology, found: dict[str, NodeState]) -> str:
@@ -95,9 +97,11 @@ def _wait_writer_endpoint(
     """First write through an app host's writer endpoint, with the app's own user."""
     app_host = topo.with_role("app")[0].name
     # The script (with the password) travels as a 0600 file, never on a command line.
+    writer = layout.DB_WRITER_LISTEN
     script = (
-        f"MYSQL_PWD='{db.secrets.password('db-app')}' mariadb -N -B -h 127.0.0.1 -P 3307 "
-        f"-u {db.APP_USER} --connect-timeout=2 {db.DATABASE} -e "
+        f"MYSQL_PWD='{secrets.password('db-app')}' mariadb -N -B "
+        f"-h {layout.host_of(writer)} -P {layout.port_of(writer)} "
+        f"-u {layout.APP_USER} --connect-timeout=2 {layout.DATABASE} -e "
         '"INSERT INTO failover_probe (written_by) VALUES (@@hostname); SELECT @@hostname"\n'
     )
     with connected(topo, eps, app_host) as remote:
@@ -118,7 +122,7 @@ def switchover(
     topo: topology.Topology, eps: dict[str, inventory.Endpoint], target: str = ""
 ) -> Timeline:
     """Planned: fence the primary, let the replica catch up, promote it, demote the old one."""
-    found = states(topo, eps)
+    found = dbcluster.states(topo, eps)
     old = _current(topo, found)
     candidates = [s for s in found.values() if s.reachable and s.name != old]
     if target:
@@ -135,7 +139,7 @@ def switchover(
         dbcluster.wait_applied(new_r, pos)
         timeline.mark(f"{new} applied everything up to {pos}")
         dbcluster.promote(new_r, timeline, replica_follows=True)
-        dbcluster.demote_to_replica(old_r, _address(topo, new))
+        dbcluster.demote_to_replica(old_r, _address(topo, new), port=topo.port("mysql"))
         timeline.mark(f"{old} replicates from {new}")
     _wait_writer_endpoint(topo, eps, timeline)
     pause = timeline.between(
@@ -149,7 +153,7 @@ def switchover(
 def _notes_lacking(node: engine.Remote, primary: engine.Remote, limit: int = 200) -> list[str]:
     """The newest notes on `node` that the primary lacks (id and text), for the operator."""
     rows = dbcluster.mysql(
-        node, f"SELECT id, text FROM {db.DATABASE}.notes ORDER BY id DESC LIMIT {limit};",
+        node, f"SELECT id, text FROM {layout.DATABASE}.notes ORDER BY id DESC LIMIT {limit};",
         check=False,
     )  # fmt: skip
     if not rows:
@@ -158,7 +162,9 @@ def _notes_lacking(node: engine.Remote, primary: engine.Remote, limit: int = 200
     there = {
         (r[0], r[1] if len(r) > 1 else "")
         for r in dbcluster.mysql(
-            primary, f"SELECT id, text FROM {db.DATABASE}.notes WHERE id IN ({ids});", check=False
+            primary,
+            f"SELECT id, text FROM {layout.DATABASE}.notes WHERE id IN ({ids});",
+            check=False,
         )
     }
     return [f"note {r[0]}: {r[1][:60]!r}" for r in rows if len(r) > 1 and (r[0], r[1]) not in there]
@@ -202,7 +208,7 @@ def _semisync_when_last_writable(
         f'last_over_time((mysql_global_status_rpl_semi_sync_master_status{{host="{name}"}} '
         f'and on (host) mysql_global_variables_read_only{{host="{name}"}} == 0)[10m:5s])'
     )
-    url = f"http://127.0.0.1:{monitoring.PROMETHEUS_PORT}/api/v1/query?query={query}"
+    url = f"http://127.0.0.1:{topo.port('prometheus')}/api/v1/query?query={query}"
     try:
         with connected(topo, eps, mon.name) as remote:
             res = remote.run(f"curl -s --max-time 3 '{url}'", check=False)
@@ -228,7 +234,7 @@ def failover(
             "`fab db.switchover` for a planned move, or --force to act by hand anyway."
         )
     timeline = Timeline()
-    found = states(topo, eps)
+    found = dbcluster.states(topo, eps)
     replicas = [s for s in found.values() if s.reachable and s.replicating_from]
     writable = [s for s in found.values() if s.reachable and s.role == "primary"]
     if writable:
@@ -282,7 +288,7 @@ def rejoin(
 
     Transactions `host` has that the primary lacks (an old primary's writes that never
     reached a replica) are listed first, and thrown away only with `discard`."""
-    found = states(topo, eps)
+    found = dbcluster.states(topo, eps)
     primary = _current(topo, found)
     if host == primary:
         raise DbOpError(f"{host} is the primary; rejoin another node")
@@ -307,7 +313,7 @@ def rejoin(
             timeline.mark(f"discarding {', '.join(lacking)} from {host} (--discard)")
         dump, gtid = dbcluster._dump(p)
         timeline.mark(f"dumped {primary} at GTID {gtid}")
-        dbcluster.seed_replica(r, _address(topo, primary), dump, gtid)
+        dbcluster.seed_replica(r, _address(topo, primary), dump, gtid, port=topo.port("mysql"))
         dbcluster.wait_replicating(r)
         dbcluster.resume_semisync(p, r)
         timeline.mark(f"{host} replicates from {primary}")
@@ -324,20 +330,20 @@ def table_summary(remote: engine.Remote) -> dict[str, str]:
     rows = dbcluster.mysql(
         remote,
         "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS('#', id, text, server, created))), 0) "
-        f"FROM {db.DATABASE}.notes;",
+        f"FROM {layout.DATABASE}.notes;",
     )
     return {"rows": rows[0][0], "checksum": rows[0][1]}
 
 
 def backup(topo: topology.Topology, eps: dict[str, inventory.Endpoint]) -> Path:
-    found = states(topo, eps)
+    found = dbcluster.states(topo, eps)
     primary = _current(topo, found)
     with connected(topo, eps, primary) as remote:
         dump, gtid = dbcluster._dump(remote)
         summary = table_summary(remote)
     BACKUPS.mkdir(parents=True, mode=0o700, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = BACKUPS / f"{db.DATABASE}-{stamp}.sql.gz"
+    path = BACKUPS / f"{layout.DATABASE}-{stamp}.sql.gz"
     with gzip.open(path, "wt") as out:
         out.write(dump)
     path.chmod(0o600)
@@ -353,7 +359,7 @@ def restore(
     topo: topology.Topology, eps: dict[str, inventory.Endpoint], host: str, file: str = ""
 ) -> dict[str, str]:
     """Load a backup onto `host` (a replica) and let it catch up from the backup's GTID."""
-    found = states(topo, eps)
+    found = dbcluster.states(topo, eps)
     primary = _current(topo, found)
     if host == primary:
         raise DbOpError(f"{host} is the primary; restore onto a replica (or a fresh node)")
@@ -366,7 +372,9 @@ def restore(
     if not match:
         raise DbOpError(f"{path}: no GTID position in the backup")
     with connected(topo, eps, host) as r, connected(topo, eps, primary) as p:
-        dbcluster.seed_replica(r, _address(topo, primary), dump, match.group(1))
+        dbcluster.seed_replica(
+            r, _address(topo, primary), dump, match.group(1), port=topo.port("mysql")
+        )
         dbcluster.wait_replicating(r)
         dbcluster.resume_semisync(p, r)
         pos = dbcluster.mysql(p, "SELECT @@gtid_binlog_pos;")[0][0]

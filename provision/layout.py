@@ -1,0 +1,63 @@
+"""The one owner of every value that is the same on all machines and is not a flow:
+loopback endpoints, account and database names, the units each role runs.
+
+Ports that cross the network belong to the topology file (`ports:`), because the
+firewall opens them; everything here listens on loopback only, so the firewall never
+names it. Roles, operator commands, bench/ and the tests read these constants, and no
+role imports another to borrow one.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------------- loopback endpoints
+
+APP_LISTEN = "127.0.0.1:8000"
+"""gunicorn (the app): nginx proxies to it; the monitoring agent scrapes its /metrics."""
+DB_WRITER_LISTEN = "127.0.0.1:3307"
+"""The app host's local HAProxy that sends writes to the one writable database node."""
+DB_READER_LISTEN = "127.0.0.1:3308"
+"""The same for reads: the local node first, any applying node after."""
+NGINX_STATUS_LISTEN = "127.0.0.1:8081"
+"""nginx stub_status, read by the nginx exporter."""
+NODE_EXPORTER_LISTEN = "127.0.0.1:9100"
+NGINX_EXPORTER_LISTEN = "127.0.0.1:9113"
+MYSQLD_EXPORTER_LISTEN = "127.0.0.1:9104"
+AGENT_LISTEN = "127.0.0.1:9091"
+"""Prometheus in agent mode on every host (scrapes the exporters, pushes to the monitor)."""
+ALERTMANAGER_LISTEN = "127.0.0.1:9093"
+ALERT_RECEIVER_LISTEN = "127.0.0.1:9095"
+"""The monitor's webhook receiver: keeps the alerts Alertmanager sent, for the tests."""
+
+
+def port_of(listen: str) -> int:
+    """ "127.0.0.1:8000" -> 8000."""
+    return int(listen.rsplit(":", 1)[1])
+
+
+def host_of(listen: str) -> str:
+    """ "127.0.0.1:8000" -> "127.0.0.1"."""
+    return listen.rsplit(":", 1)[0]
+
+
+# --------------------------------------------------------------------------- database names
+
+DATABASE = "testbed"
+APP_USER = "app"
+"""The app's account: INSERT and SELECT on DATABASE, from the app hosts only."""
+FAILOVER_USER = "failover"
+"""dbwatch's account on the monitor (automatic failover)."""
+REPL_USER = "repl"
+
+# --------------------------------------------------------------------------- units
+
+UNITS_BY_ROLE: dict[str, tuple[str, ...]] = {
+    "common": ("ssh",),
+    "lb": ("haproxy",),
+    "web": ("nginx",),
+    "app": ("testbed-app", "db-writer"),
+    "db-primary": ("mariadb", "dbcheck"),
+    "db-replica": ("mariadb", "dbcheck"),
+    "monitor": ("prometheus", "prometheus-alertmanager", "alert-receiver"),
+    "client": (),
+}
+"""The systemd units a host of each role runs once deployed (`fab status` reads them)."""

@@ -1,0 +1,92 @@
+"""`fab status` and `fab endpoints`: what runs where, and what a user opens."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from provision import STATE_DIR, dbcluster, engine, inventory, layout, topology
+from provision.ops import db as dbops
+from provision.ops.common import load
+
+
+@dataclass
+class HostStatus:
+    name: str
+    roles: str
+    reachable: bool
+    services: dict[str, str]
+    error: str = ""
+
+
+def _probe(host: topology.Host, ep: inventory.Endpoint) -> HostStatus:
+    units = sorted({u for r in ("common", *host.roles) for u in layout.UNITS_BY_ROLE.get(r, ())})
+    with contextlib.ExitStack() as stack:
+        try:
+            remote = stack.enter_context(engine.Remote(host, ep))
+        except Exception as exc:
+            return HostStatus(
+                host.name, ",".join(host.roles), False, {}, f"{type(exc).__name__}: {exc}"
+            )
+        res = remote.run(
+            "for u in " + " ".join(units) + "; do if systemctl cat $u >/dev/null 2>&1; "
+            'then echo "$u $(systemctl is-active $u)"; else echo "$u not-deployed"; fi; done',
+            check=False,
+        )
+        services = dict(line.split(" ", 1) for line in res.stdout.splitlines() if " " in line)
+    return HostStatus(host.name, ",".join(host.roles), True, services)
+
+
+def status(topology_name: str | None, inventory_file: str | None) -> list[HostStatus]:
+    topo = load(topology_name)
+    try:
+        eps = inventory.load(topo, inventory_file)
+    except inventory.InventoryError as exc:
+        print(f"Machines are not reachable: {exc}")
+        return []
+    with ThreadPoolExecutor(max_workers=len(eps)) as pool:
+        results = list(pool.map(lambda h: _probe(h, eps[h.name]), topo))
+    print(f"Topology {topo.name!r}:")
+    print(f"  {'host':<10} {'roles':<22} {'ssh':<5} services")
+    for st in results:
+        if not st.reachable:
+            print(f"  {st.name:<10} {st.roles:<22} {'DOWN':<5} {st.error}")
+            continue
+        svc = "  ".join(f"{u}={'up' if s == 'active' else s}" for u, s in st.services.items())
+        print(f"  {st.name:<10} {st.roles:<22} {'up':<5} {svc}")
+    if topo.in_tier("db") and any(r.reachable for r in results):
+        print("Database nodes:")
+        print("\n".join(dbops.status_lines(dbcluster.states(topo, eps))))
+    return results
+
+
+def endpoint_lines(topo: topology.Topology, inventory_file: str | None = None) -> list[str]:
+    where = "this machine's loopback" if not inventory.selected(inventory_file) else "the inventory"
+    lines = [f"Testbed {topo.name!r}: what to open (reached through {where})."]
+    try:
+        entry = inventory.site_entry(topo, inventory_file)
+    except inventory.InventoryError as exc:
+        lines.append(f"  Site:           not reachable from here ({exc})")
+    else:
+        site = topo.site.name
+        lines.append(
+            f"  Site (HTTPS):   https://{site}:{entry.https}/   "
+            f"(curl --resolve {site}:{entry.https}:{entry.address} https://{site}:{entry.https}/)"
+        )
+        lines.append(f"  Site (HTTP):    {entry.url('http')}/  (redirects to HTTPS)")
+    site_ports = {topo.port("site-https"), topo.port("site-http")}
+    for host in topo:
+        for guest, local in host.forward.items():
+            if host.has_role("lb") and guest in site_ports:
+                continue
+            if host.has_role("monitor") and guest == topo.port("prometheus"):
+                lines.append(f"  Dashboard:      http://127.0.0.1:{local}/consoles/testbed.html")
+                lines.append(f"  Prometheus:     http://127.0.0.1:{local}/   (alerts: /alerts)")
+                continue
+            lines.append(f"  {host.name} port {guest}: http://127.0.0.1:{local}/")
+    lines.append("  SSH:            vagrant ssh <host>   (hosts: " + ", ".join(topo.hosts) + ")")
+    ca = STATE_DIR / "secrets" / "ca.crt"
+    if ca.exists():
+        lines.append(f"  Testbed CA:     {ca}")
+    return lines

@@ -1,0 +1,27 @@
+"""The site as the load balancers serve it: its certificate, the Host names it answers
+to, and the port the load balancers reach the web tier on. Read by the lb, web and agent
+roles and by `fab tls.renew`, so no role borrows these from another."""
+
+from __future__ import annotations
+
+from provision import secrets
+from provision.topology import Host, Topology
+
+
+def site_certificate(topology: Topology, renew: bool = False) -> secrets.KeyPair:
+    """The certificate for the site's names, the load balancers' addresses and 127.0.0.1."""
+    ips = sorted({str(a) for lb in topology.with_role("lb") for a in lb.addresses.values()})
+    return secrets.leaf("site", list(topology.site.names), [*ips, "127.0.0.1"], renew=renew)
+
+
+def accepted_hosts(topology: Topology, lb: Host) -> list[str]:
+    """Host header values (port stripped) the site answers to; others get 421."""
+    return [*topology.site.names, *(str(a) for a in lb.addresses.values()), "127.0.0.1"]
+
+
+def backend_port(topology: Topology) -> int:
+    """The port the load balancers reach web servers on: the lb -> web flow's port."""
+    ports = {f.port for f in topology.flows if f.source == "lb" and f.dest == "web"}
+    if len(ports) != 1:
+        raise ValueError(f"topology {topology.name}: expected one lb -> web flow, found {ports}")
+    return ports.pop()

@@ -1,0 +1,266 @@
+"""What the acceptance tests and bench/ share, in one place below both of them.
+
+* :func:`fab` runs a Fabric task as a user would (same Python, same inventory);
+* :class:`Site` talks to the site over HTTPS (or HTTP) where this machine reaches it:
+  Vagrant's forwarded ports on 127.0.0.1, or the inventory's ``site`` entry;
+* :class:`Writer` posts notes in a loop and remembers which were acknowledged;
+  :func:`not_present_once` checks them on a database node;
+* :func:`semisync_status` and :func:`wait_semisync_on` read and warm up semi-sync.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from provision import PROJECT_ROOT, dbcluster, inventory, layout, secrets
+from provision.engine import Remote
+from provision.topology import Topology
+
+JSON = {"Content-Type": "application/json"}
+
+
+class FabError(AssertionError):
+    """`fab` exited non-zero; the message holds the end of its output."""
+
+
+def fab(*args: str) -> str:
+    """Run `fab ARGS` as a user would; its output, or FabError with the end of it."""
+    return fab_run(*args, check=True).stdout
+
+
+def fab_run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `fab ARGS` in the project as a user would ($TESTBED_INVENTORY passes through)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "fabric", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ),
+    )
+    if check and res.returncode != 0:
+        raise FabError(
+            f"fab {' '.join(args)} exited {res.returncode}:\n"
+            + res.stdout[-3000:]
+            + res.stderr[-2000:]
+        )
+    return res
+
+
+# --------------------------------------------------------------------------- the site
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def tls_context(**settings: object) -> ssl.SSLContext:
+    """A client context that trusts the testbed CA only; `settings` set its attributes."""
+    ctx = ssl.create_default_context(cafile=str(secrets.ca_cert_path()))
+    for key, value in settings.items():
+        setattr(ctx, key, value)
+    return ctx
+
+
+@dataclass(frozen=True)
+class Site:
+    """The site as this machine reaches it (see provision.inventory.site_entry)."""
+
+    name: str
+    entry: inventory.SiteEntry
+
+    @classmethod
+    def of(cls, topology: Topology, inventory_file: str | None = None) -> Site:
+        return cls(topology.site.name, inventory.site_entry(topology, inventory_file))
+
+    @property
+    def via_forward(self) -> bool:
+        """True when the ports are forwarded to this machine's loopback (Vagrant)."""
+        return self.entry.address == "127.0.0.1"
+
+    def tls_socket(self, ctx: ssl.SSLContext | None = None, name: str = "") -> ssl.SSLSocket:
+        """A TLS connection to the site's HTTPS port, with SNI `name` (default: the site)."""
+        raw = socket.create_connection((self.entry.address, self.entry.https), timeout=10)
+        try:
+            return (ctx or tls_context()).wrap_socket(raw, server_hostname=name or self.name)
+        except Exception:
+            raw.close()
+            raise
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+        host: str | None = None,
+    ) -> Reply:
+        """`host`: the Host header (default: the site's name; "" sends an empty one)."""
+        site = self
+
+        class Conn(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                self.sock = site.tls_socket()
+
+        conn = Conn(self.entry.address, self.entry.https, timeout=15)
+        try:
+            conn.request(
+                method,
+                path,
+                body=body,
+                headers={"Host": self.name if host is None else host, **(headers or {})},
+            )
+            res = conn.getresponse()
+            return Reply(res.status, {k.lower(): v for k, v in res.getheaders()}, res.read())
+        finally:
+            conn.close()
+
+    def plain_request(self, path: str, host: str) -> Reply:
+        conn = http.client.HTTPConnection(self.entry.address, self.entry.http, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            res = conn.getresponse()
+            return Reply(res.status, {k.lower(): v for k, v in res.getheaders()}, res.read())
+        finally:
+            conn.close()
+
+    def raw_exchange(self, payload: bytes, read_timeout: float = 10) -> bytes:
+        """Send raw bytes over TLS and return what the server answers before closing."""
+        sock = self.tls_socket()
+        try:
+            sock.sendall(payload)
+            sock.settimeout(read_timeout)
+            chunks = []
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except (TimeoutError, ssl.SSLError, ConnectionError):
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            sock.close()
+
+
+# --------------------------------------------------------------------------- writes
+
+
+@dataclass
+class Writer:
+    """Posts notes with unique texts as fast as one client can, through the site's API;
+    remembers every acknowledged (201) note and the time of every answer, so a drill can
+    say how long writes failed and whether any acknowledged write was lost."""
+
+    site: Site
+    acked: dict[str, int] = field(default_factory=dict)
+    """text -> id of every note the site acknowledged (201)."""
+    answers: list[tuple[float, bool]] = field(default_factory=list)
+    """(monotonic time, acknowledged?) of every attempt."""
+    prefix: str = field(default_factory=lambda: f"drill-{uuid.uuid4().hex[:8]}")
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            text = f"{self.prefix}-{n}"
+            ok = False
+            try:
+                reply = self.site.request("POST", "/api/notes", json.dumps({"text": text}), JSON)
+                if reply.status == 201:
+                    self.acked[text] = int(reply.json()["id"])
+                    ok = True
+            except Exception:  # a failed write is data for the drill, not an error
+                pass
+            self.answers.append((time.monotonic(), ok))
+            if not ok:
+                time.sleep(0.05)
+
+    def start(self) -> Writer:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def outage_after(self, fault: float) -> float:
+        """How long writes failed after `fault`: from the last acknowledged write before
+        the first failure to the first acknowledged write after it (0 if none failed)."""
+        failures = [t for t, ok in self.answers if not ok and t > fault]
+        if not failures:
+            return 0.0
+        first_failure = failures[0]
+        before = [t for t, ok in self.answers if ok and t < first_failure]
+        after = [t for t, ok in self.answers if ok and t > first_failure]
+        if not after:
+            return float("inf")
+        return after[0] - (before[-1] if before else fault)
+
+    def failures_after(self, fault: float) -> int:
+        return sum(1 for t, ok in self.answers if not ok and t > fault)
+
+
+def not_present_once(node: Remote, acked: dict[str, int]) -> list[str]:
+    """Texts of acknowledged notes that are missing, or present more than once, on `node`."""
+    if not acked:
+        return []
+    prefix = next(iter(acked)).rsplit("-", 1)[0]
+    rows = dbcluster.mysql(
+        node,
+        f"SELECT text, COUNT(*) FROM {layout.DATABASE}.notes WHERE text LIKE '{prefix}-%' "
+        "GROUP BY text;",
+    )
+    counts = {text: int(n) for text, n in rows}
+    return [t for t in acked if counts.get(t) != 1]
+
+
+# --------------------------------------------------------------------------- semi-sync
+
+
+def semisync_status(primary: Remote) -> dict[str, str]:
+    """The primary's Rpl_semi_sync_master_* status variables."""
+    rows = dbcluster.mysql(primary, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%';")
+    return {row[0]: row[1] for row in rows if len(row) == 2}
+
+
+def wait_semisync_on(site: Site, primary: Remote, timeout: float = 30) -> dict[str, str]:
+    """Write through the site until the primary's semi-sync is ON (a replica acknowledged).
+
+    Right after a start, the primary commits asynchronously until a replica's first
+    acknowledgement turns semi-sync on: this is the warm-up before a test that counts
+    semi-sync commits. Returns the status once on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = semisync_status(primary)
+        if status.get("Rpl_semi_sync_master_status") == "ON":
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"semi-sync did not come on within {timeout:.0f} s: {status}")
+        site.request("POST", "/api/notes", json.dumps({"text": "semi-sync warm-up"}), JSON)
+        time.sleep(0.3)

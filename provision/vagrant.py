@@ -1,0 +1,88 @@
+"""The Vagrant view of a topology: the machines the Vagrantfile creates.
+
+The Vagrantfile runs ``python -m provision.vagrant TOPOLOGY --vagrant-json`` and builds
+every machine from the JSON; without ``--vagrant-json`` the command validates the topology
+file and lists its hosts (``python -m provision.vagrant --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from typing import Any
+
+from provision import PROJECT_ROOT, box
+from provision.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load
+
+
+def vagrant_view(topology: Topology) -> dict[str, Any]:
+    """What the Vagrantfile needs: machines with their networks and forwarded ports."""
+    project = project_id()
+    machines = []
+    for host in topology:
+        machines.append(
+            {
+                "name": host.name,
+                "hostname": host.name,
+                "container": f"testbed-{topology.name}-{host.name}-{project}",
+                "ssh_port": host.ssh_port,
+                "networks": [
+                    {
+                        "name": net,
+                        "ip": str(addr),
+                        "netmask": str(topology.networks[net].cidr.netmask),
+                        "prefix": topology.networks[net].cidr.prefixlen,
+                    }
+                    for net, addr in host.addresses.items()
+                ],
+                "forwards": [{"guest": g, "host": h} for g, h in host.forward.items()],
+            }
+        )
+    return {
+        "topology": topology.name,
+        "project": project,
+        "docker_image": box.image_tag(),
+        "machines": machines,
+    }
+
+
+def project_id() -> str:
+    """A short id of this checkout, so two clones never fight over container names."""
+    return hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:6]
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m provision.vagrant",
+        description="Validate a topology file and print views of it.",
+    )
+    parser.add_argument(
+        "topology",
+        nargs="?",
+        default=None,
+        help=f"name or path (default: $TESTBED_TOPOLOGY or {DEFAULT_TOPOLOGY})",
+    )
+    parser.add_argument(
+        "--vagrant-json", action="store_true", help="print the machines as JSON for the Vagrantfile"
+    )
+    args = parser.parse_args(argv)
+    try:
+        topology = load(args.topology)
+    except TopologyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.vagrant_json:
+        json.dump(vagrant_view(topology), sys.stdout)
+        print()
+        return 0
+    print(f"{topology.path}: topology {topology.name!r} is valid")
+    for host in topology:
+        addrs = ", ".join(f"{n}={a}" for n, a in host.addresses.items())
+        print(f"  {host.name:<10} {','.join(host.roles):<28} {addrs}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
