@@ -17,8 +17,9 @@ Environment variables:
   sets its own, to count its rows afterwards (loadtests/drill.py).
 
 Thresholds (--max-failure-ratio, --max-p95-ms) decide the exit code, see loadtests/README.md.
-The target must be the testbed itself (127.0.0.1, localhost or 192.168.56.0/21): anything
-else is refused before a single request is sent.
+The target must be the testbed itself (127.0.0.1, localhost, 192.168.56.0/21, or a machine
+or site address listed in the inventory file named by $TESTBED_INVENTORY): anything else is
+refused before a single request is sent.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import uuid4
 
+import yaml
 from locust.argument_parser import LocustArgumentParser
 from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
@@ -88,10 +90,35 @@ def target_problem(url: str | None) -> str | None:
         address = None
     if address is not None and address.version == 4 and address in ALLOWED_NETWORK:
         return None
+    if hostname in inventory_addresses():
+        return None
     return (
-        f"refusing to aim load at {url!r}: only 127.0.0.1, localhost and the testbed's "
-        f"{ALLOWED_NETWORK} addresses are allowed"
+        f"refusing to aim load at {url!r}: only 127.0.0.1, localhost, the testbed's "
+        f"{ALLOWED_NETWORK} addresses and the machines of $TESTBED_INVENTORY are allowed"
     )
+
+
+def inventory_addresses() -> frozenset[str]:
+    """The machines' and the site's addresses in the inventory file named by
+    $TESTBED_INVENTORY (docs/inventory.md): the testbed's own servers."""
+    path = os.environ.get("TESTBED_INVENTORY")
+    if not path:
+        return frozenset()
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return frozenset()
+    if not isinstance(data, dict):
+        return frozenset()
+    found = {
+        str(spec["host"])
+        for spec in (data.get("hosts") or {}).values()
+        if isinstance(spec, dict) and "host" in spec
+    }
+    site = data.get("site")
+    if isinstance(site, dict) and site.get("address"):
+        found.add(str(site["address"]))
+    return frozenset(found)
 
 
 def ca_path() -> Path:

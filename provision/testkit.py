@@ -5,11 +5,13 @@
   Vagrant's forwarded ports on 127.0.0.1, or the inventory's ``site`` entry;
 * :class:`Writer` posts notes in a loop and remembers which were acknowledged;
   :func:`not_present_once` checks them on a database node;
-* :func:`semisync_status` and :func:`wait_semisync_on` read and warm up semi-sync.
+* :func:`semisync_status` and :func:`wait_semisync_on` read and warm up semi-sync;
+* :func:`chromium` opens the site in a real, headless browser that trusts the testbed CA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -20,7 +22,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from provision import PROJECT_ROOT, dbcluster, inventory, layout, secrets
@@ -264,3 +268,89 @@ def wait_semisync_on(site: Site, primary: Remote, timeout: float = 30) -> dict[s
             raise AssertionError(f"semi-sync did not come on within {timeout:.0f} s: {status}")
         site.request("POST", "/api/notes", json.dumps({"text": "semi-sync warm-up"}), JSON)
         time.sleep(0.3)
+
+
+# --------------------------------------------------------------------------- a real browser
+
+BROWSER_PACKAGES = ("chromium", "chromium-driver", "libnss3-tools")
+"""Debian packages the browser check needs on this machine."""
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+class BrowserUnavailable(RuntimeError):
+    """Chromium cannot run here; the message says what to install."""
+
+
+def ensure_browser() -> None:
+    """Install Debian's chromium, its driver and certutil when missing (as root), or say how."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER, "/usr/bin/certutil") if not os.path.exists(p)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise BrowserUnavailable(
+            f"{', '.join(missing)} missing: run as root, or "
+            f"`apt-get install {' '.join(BROWSER_PACKAGES)}`"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *BROWSER_PACKAGES]
+    res = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:  # stale package lists: refresh them once and try again
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, check=False)
+        res = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:
+        raise BrowserUnavailable(
+            f"apt-get install {' '.join(BROWSER_PACKAGES)} failed: {res.stderr.strip()[-500:]}"
+        )
+
+
+def nss_trusting_the_ca(home: Path) -> Path:
+    """An NSS database under `home`/.pki/nssdb (where Chromium looks for it) that trusts the
+    testbed CA for websites, made with certutil: the browser trusts the site the way a
+    user who imported the CA would, with no flag that ignores certificate errors."""
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    db = f"sql:{nssdb}"
+    for args in (
+        ["-N", "--empty-password"],
+        ["-A", "-t", "C,,", "-n", "webinfra-testbed CA", "-i", str(secrets.ca_cert_path())],
+    ):
+        res = subprocess.run(
+            ["certutil", "-d", db, *args], capture_output=True, text=True, check=False
+        )
+        if res.returncode != 0:
+            raise BrowserUnavailable(f"certutil {args[0]}: {res.stderr.strip()}")
+    return nssdb
+
+
+@contextlib.contextmanager
+def chromium(site: Site, home: Path) -> Iterator[Any]:
+    """Headless Chromium (Debian's, driven by Selenium through Debian's chromedriver) that
+    trusts the testbed CA and resolves the site's name to where this machine reaches it.
+
+    Selenium is given the driver and browser paths, so it never fetches a driver. As root,
+    Chromium needs --no-sandbox (it refuses to start otherwise); no certificate flag is
+    set."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    ensure_browser()
+    nss_trusting_the_ca(home)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        f"--user-data-dir={home / 'profile'}",
+        f"--host-resolver-rules=MAP {site.name} {site.entry.address}",
+        "--window-size=1000,900",
+        "--disable-gpu",
+        "--no-first-run",
+        *(["--no-sandbox"] if os.geteuid() == 0 else []),
+    ):
+        options.add_argument(arg)
+    env = dict(os.environ, HOME=str(home), SE_OFFLINE="true")
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER, env=env))
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -15,7 +15,10 @@ import pytest
 _STATE = tempfile.mkdtemp(prefix="testbed-unit-state-")
 os.environ["TESTBED_STATE_DIR"] = _STATE
 
-from provision import topology  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from provision import secrets, topology  # noqa: E402
+from provision.roles import app  # noqa: E402
 from provision.topology import Topology  # noqa: E402
 
 
@@ -29,3 +32,13 @@ def private_state() -> Iterator[None]:
 def seed() -> Topology:
     """The shipped seed topology (named explicitly: $TESTBED_TOPOLOGY must not matter)."""
     return topology.load("seed")
+
+
+@pytest.fixture
+def offline_roles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Roles render with no machine and no download: a test's own CA and passwords, and a
+    stand-in for the connector wheel the app role would fetch once."""
+    monkeypatch.setattr(secrets, "SECRETS_DIR", tmp_path / "secrets")
+    wheel = tmp_path / "mysql_connector_python-0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    wheel.write_bytes(b"not really a wheel")
+    monkeypatch.setattr(app, "connector_wheel", lambda arch, python: wheel)

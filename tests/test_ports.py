@@ -7,14 +7,13 @@ with each port moved to a new number, and compares (no machine needed)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
-from provision import monitoring, secrets, topology
+from provision import monitoring, topology
 from provision.engine import Command, File, HostContext
-from provision.roles import ALL_ROLES, app
+from provision.roles import ALL_ROLES
 from provision.topology import Topology
 
 SEED_TEXT = (topology.TOPOLOGY_DIR / "seed.yml").read_text()
@@ -61,12 +60,7 @@ def rendered(topo: Topology) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def private_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(secrets, "SECRETS_DIR", tmp_path / "secrets")
-    wheel = tmp_path / "mysql_connector_python-0-cp311-cp311-manylinux_2_28_x86_64.whl"
-    wheel.write_bytes(b"not really a wheel")
-    monkeypatch.setattr(app, "connector_wheel", lambda arch, python: wheel)
+pytestmark = pytest.mark.usefixtures("offline_roles")
 
 
 @pytest.mark.parametrize(

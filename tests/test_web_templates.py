@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import configparser
 
 import pytest
 
@@ -14,13 +14,7 @@ SEED = topology.load("seed")
 FACTS = {"ssh_client": "172.17.0.1", "cpus": "2", "arch": "x86_64", "python": "3.11"}
 
 
-@pytest.fixture(autouse=True)
-def private_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the tests' CA, passwords and wheel out of the real .testbed/ folder."""
-    monkeypatch.setattr(secrets, "SECRETS_DIR", tmp_path / "secrets")
-    wheel = tmp_path / "mysql_connector_python-0-cp311-cp311-manylinux_2_28_x86_64.whl"
-    wheel.write_bytes(b"not really a wheel")
-    monkeypatch.setattr(app, "connector_wheel", lambda arch, python: wheel)
+pytestmark = pytest.mark.usefixtures("offline_roles")
 
 
 def _file(role_steps: list[object], path: str) -> str:
@@ -90,6 +84,23 @@ def test_the_app_reaches_the_database_through_its_local_writer_endpoint() -> Non
         assert "server web1 192.168.57.21:3306 check" in writer.data.decode()
         assert "server web2 192.168.57.22:3306 check" in writer.data.decode()
         assert config.mode == "0600"
+
+
+def test_every_web_server_gets_the_site_names_and_the_same_csrf_secret() -> None:
+    secret = secrets.password("app-csrf")
+    for name in ("web1", "web2"):
+        steps = app.steps(HostContext(SEED, SEED.hosts[name], FACTS))
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(_file(steps, app.CONFIG))
+        assert parser["site"]["names"].split() == ["www.foobar.com", "foobar.com"]
+        assert parser["site"]["csrf_secret"] == secret
+
+
+def test_the_app_ships_with_its_page_template() -> None:
+    steps = app.steps(HostContext(SEED, SEED.hosts["web1"], FACTS))
+    paths = {s.path for s in steps if isinstance(s, File)}
+    assert f"{app.HOME}/testbed_app/__init__.py" in paths
+    assert f"{app.HOME}/testbed_app/templates/index.html" in paths
 
 
 @pytest.mark.parametrize("cpus,workers", [("1", 3), ("2", 5), ("16", 8), ("", 3)])

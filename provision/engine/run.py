@@ -138,6 +138,9 @@ def _run_host(
             except Exception as exc:  # any error is reported against the host and step
                 printer.step(host, "FAILED", step.name, str(exc))
                 report.failures.append(Failure(host, role.name, step.name, str(exc)))
+                # What changed before the failure is on the machine already: its services
+                # take it up now, not whenever a later deploy happens to notify them again.
+                _run_handlers(remote, role, notified, host, report, printer)
                 return
             took = time.monotonic() - started
             report.records.append(

@@ -59,8 +59,9 @@ def destroy(topology_name: str | None) -> None:
 def export_inventory(topo: topology.Topology) -> str:
     """An inventory (YAML) for the running docker-provider machines, reached without
     Vagrant: each container's own address and sshd on port 22, Vagrant's key for the
-    login, `docker stop`/`docker start` as power commands, and the site at the first load
-    balancer's address on the topology's ports."""
+    login, `docker stop`/`docker start` as power commands, and the site through the ports
+    docker publishes on 127.0.0.1 (the site certificate names 127.0.0.1 and the topology's
+    addresses, not the containers' docker-bridge addresses)."""
     try:
         eps = inventory.from_vagrant(topo)
     except inventory.InventoryError as exc:
@@ -95,13 +96,13 @@ def export_inventory(topo: topology.Topology) -> str:
                 "start": f"docker start {container}",
             },
         }
-    lb = topo.with_role("lb")[0].name
+    lb = topo.with_role("lb")[0]
     data = {
         "hosts": hosts,
-        "site": {
-            "address": hosts[lb]["host"],
-            "https": topo.port("site-https"),
-            "http": topo.port("site-http"),
+        "site": {  # docker's published ports (the topology's forwards)
+            "address": "127.0.0.1",
+            "https": topo.forwarded(lb, "site-https"),
+            "http": topo.forwarded(lb, "site-http"),
         },
     }
     header = (

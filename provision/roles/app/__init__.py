@@ -37,6 +37,12 @@ WRITER_CONFIG = "/etc/haproxy/db-writer.cfg"
 APP_DIR = PROJECT_ROOT / "app" / "testbed_app"
 
 
+def app_files() -> list[Path]:
+    """The app's files to ship, relative to APP_DIR: its modules and its page templates."""
+    files = [*APP_DIR.glob("*.py"), *APP_DIR.glob("templates/*.html")]
+    return sorted(path.relative_to(APP_DIR) for path in files)
+
+
 def connector_version() -> str:
     from importlib.metadata import version
 
@@ -74,12 +80,12 @@ def steps(ctx: HostContext) -> list[Step]:
     wheel = connector_wheel(ctx.facts.get("arch", "x86_64"), ctx.facts.get("python", "3.11"))
     code = [
         File(
-            f"{HOME}/testbed_app/{path.name}",
-            path.read_text(),
+            f"{HOME}/testbed_app/{path}",
+            (APP_DIR / path).read_text(),
             notify=["restart testbed-app"],
-            name=f"Ensure the app's {path.name} is up to date.",
+            name=f"Ensure the app's {path} is up to date.",
         )
-        for path in sorted(APP_DIR.glob("*.py"))
+        for path in app_files()
     ]
     return [
         Packages(
@@ -145,12 +151,14 @@ def steps(ctx: HostContext) -> list[Step]:
                 db_user=layout.APP_USER,
                 db_password=secrets.password("db-app"),
                 db_name=layout.DATABASE,
+                site_names=topo.site.names,
+                csrf_secret=secrets.password("app-csrf"),
             ),
             mode="0600",
             owner="testbed-app",
             group="testbed-app",
             notify=["restart testbed-app"],
-            name="Ensure the app's database settings are in place (0600).",
+            name="Ensure the app's database and site settings are in place (0600).",
         ),
         File(
             f"/etc/systemd/system/{UNIT}.service",

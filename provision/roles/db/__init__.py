@@ -259,6 +259,9 @@ def steps(ctx: HostContext) -> list[Step]:
             name="Ensure the writability check's unit is up to date.",
         ),
         Service("dbcheck", name="Ensure the writability check is running."),
+        # The agent runs its new config before the primary's steps ask it whether this
+        # node is fenced: a fence from automatic failover does not outlive the switch off.
+        FlushHandlers(),
     ]
     if host.name == primary_name(ctx):
         schema = (PROJECT_ROOT / "app" / "schema.sql").read_text()

@@ -39,16 +39,35 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CONFIG = sys.argv[1] if len(sys.argv) > 1 else "/etc/webinfra-testbed/dbcheck.json"
 QUERY = (
-    "SELECT @@read_only, @@gtid_current_pos, @@gtid_binlog_state, @@gtid_slave_pos, "
+    "SELECT /* dbcheck-poll */ @@read_only, @@gtid_current_pos, @@gtid_binlog_state, "
+    "@@gtid_slave_pos, "
     "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
     " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS'), "
     "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
     " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS'), "
     "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
     " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_NO_TX');\n"
-    "SHOW SLAVE STATUS\\G\n"
+    "SHOW /* dbcheck-poll */ SLAVE STATUS\\G\n"
+)
+# How many of this agent's earlier polls MariaDB still runs. A poll that times out is
+# killed on this side, but its statement may stay blocked inside the server, holding a
+# connection: polling again on top of it, four times a second, once used up every
+# connection of a hung server within 40 s (docs/database.md). The pattern is built so
+# that this query does not match itself.
+STUCK_QUERY = (
+    "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+    "WHERE ID <> CONNECTION_ID() AND INFO LIKE CONCAT('%dbcheck', '-poll%');"
 )
 FRESH = 1.0
+
+
+def backoff(timeouts):
+    """Seconds before the next poll after `timeouts` in a row: quick at first (a paused
+    server that resumes is seen within 2 s), then every 30 s once it has stayed hung for
+    about 20 s, so a server that never answers gets at most two stuck polls a minute."""
+    if timeouts < 3:
+        return 0.25 * 2**timeouts
+    return 2.0 if timeouts < 12 else 30.0
 
 
 def log(event, **fields):
@@ -57,7 +76,16 @@ def log(event, **fields):
 
 def sql(statement, timeout=1.0, names=False):
     return subprocess.run(
-        ["mariadb", "-B", "--connect-timeout=1", "-e", statement, *([] if names else ["-N"])],
+        # --comments: the marker in QUERY reaches the server (STUCK_QUERY looks for it).
+        [
+            "mariadb",
+            "-B",
+            "--comments",
+            "--connect-timeout=1",
+            "-e",
+            statement,
+            *([] if names else ["-N"]),
+        ],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -113,10 +141,17 @@ class Agent:
         self.fence_epoch = 0
         self.fence_reason = ""
         self.enforcing = False
+        self.timeouts = 0
+        self.next_poll = 0.0
 
     # --- reading MariaDB -------------------------------------------------------------
     def read(self):
         started = time.monotonic()
+        with self.lock:
+            if started < self.next_poll:  # backing off: the last answer stands
+                return dict(self.cache)
+        if self.timeouts and self.stuck_polls() != 0:
+            return self.timed_out(started, "earlier polls are still blocked in MariaDB")
         try:
             try:
                 state = parse(sql(QUERY, 0.4, names=True))  # SHOW SLAVE STATUS: field names
@@ -127,7 +162,7 @@ class Agent:
                     raise
                 state = parse(sql(QUERY, 0.6, names=True))
         except subprocess.TimeoutExpired:
-            state = {"mariadb": "down" if restarting() else "unresponsive"}
+            return self.timed_out(started, "")
         except (subprocess.CalledProcessError, OSError) as exc:
             err = getattr(exc, "stderr", "") or str(exc)
             state = {"mariadb": "down", "error": err.strip()[-200:]}
@@ -136,7 +171,26 @@ class Agent:
         state["at"] = started
         with self.lock:
             self.cache = state
+            self.timeouts = 0
+            self.next_poll = 0.0
         return state
+
+    def stuck_polls(self):
+        """How many earlier polls MariaDB still runs (None: it did not say in time)."""
+        try:
+            return int(sql(STUCK_QUERY, 0.4).strip() or 0)
+        except (subprocess.SubprocessError, OSError, ValueError):
+            return None
+
+    def timed_out(self, started, why):
+        state = {"mariadb": "down" if restarting() else "unresponsive", "at": started}
+        if why:
+            state["error"] = why
+        with self.lock:
+            self.timeouts += 1
+            self.next_poll = time.monotonic() + backoff(self.timeouts)
+            self.cache = state
+        return dict(state)
 
     def reader(self):
         while True:
