@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from provision.topology import Host, Topology
+from provision.topology import PORTLESS, Host, Topology
 
 LOG_GROUP = 0
 """NFLOG group ulogd2's default stack reads (written to /var/log/ulog/syslogemu.log)."""
@@ -31,9 +31,12 @@ class Accept:
 
     def rule(self) -> str:
         dest = f" -d {self.address}/32" if self.address else ""
+        match = f"-p {self.proto}" + (
+            f" -m {self.proto} --dport {self.port}" if self.proto not in PORTLESS else ""
+        )
         return (
-            f"-A INPUT -s {self.source_address}{dest} -p {self.proto} -m {self.proto} "
-            f'--dport {self.port} -m comment --comment "{self.comment}" -j ACCEPT'
+            f"-A INPUT -s {self.source_address}{dest} {match} "
+            f'-m comment --comment "{self.comment}" -j ACCEPT'
         )
 
 
@@ -46,11 +49,29 @@ def accepts(topology: Topology, host: Host, management: str) -> list[Accept]:
         Accept("management", mgmt, "", guest, "tcp", f"forwarded to the host's 127.0.0.1:{local}")
         for guest, local in sorted(host.forward.items())
     ]
+    # A floating address (VIP) this host may hold: the operator's machine (the network's
+    # .1, the docker bridge or vboxnet) reaches the ports the topology opens to it there.
+    for vip in topology.vips.values():
+        if not host.has_role(vip.role) or vip.network not in host.addresses:
+            continue
+        gateway = topology.networks[vip.network].gateway
+        rules += [
+            Accept(
+                "operator",
+                f"{gateway}/32",
+                str(vip.address),
+                topology.port(service),
+                "tcp",
+                f"the operator's machine reaches {service} at vip {vip.name}",
+            )
+            for service in vip.host_ports
+        ]
     for path in topology.allowed_paths():
         if path.dest.name != host.name:
             continue
         src = path.source.addresses[path.network]
-        comment = f"flow {path.source.name}->{host.name} {path.port}/{path.proto}: {path.why}"
+        what = path.proto if path.proto in PORTLESS else f"{path.port}/{path.proto}"
+        comment = f"flow {path.source.name}->{host.name} {what}: {path.why}"
         rules.append(
             Accept(path.source.name, f"{src}/32", str(path.address), path.port, path.proto, comment)
         )

@@ -183,7 +183,8 @@ class SiteEntry:
 
 
 def site_entry(topology: Topology, inventory_file: str | None = None) -> SiteEntry:
-    """With Vagrant: the load balancer's ports forwarded to 127.0.0.1. With an inventory:
+    """With Vagrant: the load balancer's ports forwarded to 127.0.0.1, or its floating
+    address (a `vips:` entry open to the operator's machine). With an inventory:
     its `site.address` (default: the first load balancer's `host`) on the topology's ports."""
     lbs = topology.with_role("lb")
     if not lbs:
@@ -192,6 +193,19 @@ def site_entry(topology: Topology, inventory_file: str | None = None) -> SiteEnt
     if not inventory_file:
         https = topology.forwarded(lbs[0], "site-https")
         http = topology.forwarded(lbs[0], "site-http")
+        vip = next(
+            (
+                v
+                for v in topology.vips.values()
+                if v.role == "lb" and {"site-https", "site-http"} <= set(v.host_ports)
+            ),
+            None,
+        )
+        if (https is None or http is None) and vip is not None:
+            # The load balancers' floating address, reached over the network directly.
+            return SiteEntry(
+                str(vip.address), topology.port("site-https"), topology.port("site-http")
+            )
         if https is None or http is None:
             raise InventoryError(
                 f"topology {topology.name!r}: {lbs[0].name} forwards no site-https and "

@@ -10,13 +10,17 @@ from provision.topology import Host, Topology
 
 def site_certificate(topology: Topology, renew: bool = False) -> secrets.KeyPair:
     """The certificate for the site's names, the load balancers' addresses and 127.0.0.1."""
-    ips = sorted({str(a) for lb in topology.with_role("lb") for a in lb.addresses.values()})
+    ips = sorted(
+        {str(a) for lb in topology.with_role("lb") for a in lb.addresses.values()}
+        | {str(v.address) for v in topology.vips.values() if v.role == "lb"}
+    )
     return secrets.leaf("site", list(topology.site.names), [*ips, "127.0.0.1"], renew=renew)
 
 
 def accepted_hosts(topology: Topology, lb: Host) -> list[str]:
     """Host header values (port stripped) the site answers to; others get 421."""
-    return [*topology.site.names, *(str(a) for a in lb.addresses.values()), "127.0.0.1"]
+    vips = [str(v.address) for v in topology.vips.values() if lb.has_role(v.role)]
+    return [*topology.site.names, *(str(a) for a in lb.addresses.values()), *vips, "127.0.0.1"]
 
 
 def backend_port(topology: Topology) -> int:

@@ -54,7 +54,9 @@ exporters it reads and the monitor it pushes to exist."""
 TIER_HOSTS = {"replication": "db", "agent": "common"}
 """Tiers that run on the hosts of another tier."""
 
-PROTOCOLS = ("tcp", "udp")
+PROTOCOLS = ("tcp", "udp", "vrrp")
+PORTLESS = ("vrrp",)
+"""Protocols without ports (VRRP, IP protocol 112: keepalived between load balancers)."""
 ANY = "any"
 SSH_PORT_BASE = 2200
 """Docker provider: host port 127.0.0.1:(SSH_PORT_BASE + index) reaches a machine's sshd."""
@@ -133,6 +135,19 @@ class Path_:
 
 
 @dataclass(frozen=True)
+class Vip:
+    """A floating address on one network, held by one host of `role` at a time
+    (keepalived moves it), e.g. the site's address shared by the load balancers."""
+
+    name: str
+    network: str
+    address: ipaddress.IPv4Address
+    role: str
+    host_ports: tuple[str, ...] = ()
+    """Port names the operator's machine (the network's .1) may reach on the address."""
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     aliases: tuple[str, ...] = ()
@@ -155,6 +170,8 @@ class Topology:
     ports: Mapping[str, int] = field(default_factory=dict)
     """Every port a flow names, by service (`ports:` in the file): the one owner that
     roles, templates, firewall rules, scrape targets and tests read."""
+    vips: Mapping[str, Vip] = field(default_factory=dict)
+    """Floating addresses (`vips:`), by name."""
 
     def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
@@ -189,13 +206,20 @@ class Topology:
                     if src.name == dst.name:
                         continue
                     for net in self.shared_networks(src, dst):
-                        key = (src.name, dst.name, net, flow.port, flow.proto)
-                        paths.setdefault(
-                            key,
-                            Path_(
-                                src, dst, net, dst.addresses[net], flow.port, flow.proto, flow.why
-                            ),
-                        )
+                        # A role that holds a floating address on this network is reached
+                        # there only, never at one machine's own address (VRRP excepted).
+                        floating = [
+                            v.address
+                            for v in self.vips.values()
+                            if v.network == net and dst.has_role(v.role) and flow.port
+                        ]
+                        targets = floating or [dst.addresses[net]]
+                        for address in targets:
+                            key = (src.name, dst.name, str(address), flow.port, flow.proto)
+                            paths.setdefault(
+                                key,
+                                Path_(src, dst, net, address, flow.port, flow.proto, flow.why),
+                            )
         return list(paths.values())
 
     def is_allowed(
@@ -400,7 +424,17 @@ class _Parser:
         top = self.mapping(
             data,
             "",
-            {"name", "description", "site", "options", "ports", "networks", "hosts", "flows"},
+            {
+                "name",
+                "description",
+                "site",
+                "options",
+                "ports",
+                "networks",
+                "vips",
+                "hosts",
+                "flows",
+            },
             {"name", "site", "ports", "networks", "hosts", "flows"},
         )
         name = self.string(top["name"], "name")
@@ -415,6 +449,7 @@ class _Parser:
         self.ports = self.port_names(top["ports"])
         networks = self.networks(top["networks"])
         hosts = self.hosts(top["hosts"], networks)
+        vips = self.vips(top.get("vips") or {}, networks, hosts)
         flows = self.flows(top["flows"], hosts, options)
         unused = sorted(set(self.ports) - self.flow_services - self.forwarded_names)
         if unused:  # a named port no flow uses: a listener nothing may reach
@@ -429,6 +464,7 @@ class _Parser:
             flows=flows,
             options=options,
             ports=self.ports,
+            vips=vips,
         )
 
     def site(self, value: Any) -> Site:
@@ -463,17 +499,13 @@ class _Parser:
     def hosts(self, value: Any, networks: Mapping[str, Network]) -> dict[str, Host]:
         if not isinstance(value, dict) or not value:
             raise self.fail("hosts", "expected a non-empty mapping of host name to settings")
+        expanded = self.expand(value)
         hosts: dict[str, Host] = {}
         owner: dict[ipaddress.IPv4Address, str] = {}
         host_ports: dict[int, str] = {}
-        for index, (name, spec) in enumerate(value.items()):
-            key = f"hosts.{name}"
-            self.host_name(name, key)
-            spec = self.mapping(
-                spec, key, {"roles", "addresses", "forward"}, {"roles", "addresses"}
-            )
+        for index, (name, key, spec, offset) in enumerate(expanded):
             roles = self.roles(spec["roles"], f"{key}.roles")
-            addresses = self.addresses(spec["addresses"], f"{key}.addresses", networks)
+            addresses = self.addresses(spec["addresses"], f"{key}.addresses", networks, offset)
             for net_name, addr in addresses.items():
                 if addr in owner:
                     raise self.fail(
@@ -481,7 +513,7 @@ class _Parser:
                         f"duplicate address {addr}, already used by {owner[addr]}",
                     )
                 owner[addr] = name
-            forward = self.forward(spec.get("forward") or {}, f"{key}.forward", len(value))
+            forward = self.forward(spec.get("forward") or {}, f"{key}.forward", len(expanded))
             for service, hport in forward.items():
                 if hport in host_ports:
                     raise self.fail(
@@ -493,6 +525,98 @@ class _Parser:
             hosts[name] = Host(name, roles, addresses, forward_ports, index)
         self.one_primary(hosts)
         return hosts
+
+    def vips(
+        self, value: Any, networks: Mapping[str, Network], hosts: Mapping[str, Host]
+    ) -> dict[str, Vip]:
+        if not isinstance(value, dict):
+            raise self.fail("vips", "expected a mapping of name to settings")
+        taken = {a: h.name for h in hosts.values() for a in h.addresses.values()}
+        found: dict[str, Vip] = {}
+        for name, spec in value.items():
+            key = f"vips.{name}"
+            spec = self.mapping(
+                spec,
+                key,
+                {"network", "address", "role", "host_ports"},
+                {"network", "address", "role"},
+            )
+            net = spec["network"]
+            if net not in networks:
+                raise self.fail(f"{key}.network", f"unknown network (known: {', '.join(networks)})")
+            try:
+                addr = ipaddress.IPv4Address(str(spec["address"]))
+            except ValueError:
+                raise self.fail(
+                    f"{key}.address", f"{spec['address']!r} is not an IPv4 address"
+                ) from None
+            cidr = networks[net].cidr
+            if addr not in cidr or addr in (
+                cidr.network_address,
+                cidr.broadcast_address,
+                networks[net].gateway,
+            ):
+                raise self.fail(
+                    f"{key}.address", f"{addr} is not a usable address of {net} ({cidr})"
+                )
+            if addr in taken:
+                raise self.fail(f"{key}.address", f"{addr} is already used by {taken[addr]}")
+            holders = [
+                h.name
+                for h in hosts.values()
+                if h.has_role(str(spec["role"])) and net in h.addresses
+            ]
+            if not holders:
+                raise self.fail(
+                    f"{key}.role", f"no host with role {spec['role']!r} is on network {net}"
+                )
+            ports = spec.get("host_ports") or []
+            if not isinstance(ports, list):
+                raise self.fail(f"{key}.host_ports", "expected a list of port names")
+            names = tuple(
+                self.named_port(p, f"{key}.host_ports[{i}]")[0] for i, p in enumerate(ports)
+            )
+            self.forwarded_names.update(names)
+            taken[addr] = f"vip {name}"
+            found[str(name)] = Vip(str(name), net, addr, str(spec["role"]), names)
+        return found
+
+    def expand(self, value: Mapping[Any, Any]) -> list[tuple[str, str, dict[str, Any], int]]:
+        """(host name, key for errors, settings, address offset) of every host. A spec
+        with `count: N` under name NAME stands for NAME1..NAMEN (or from NAME<first>), the
+        i-th at its addresses plus i-1 (each tier scales by changing one number)."""
+        found: list[tuple[str, str, dict[str, Any], int]] = []
+        names: set[str] = set()
+        for name, spec in value.items():
+            key = f"hosts.{name}"
+            self.host_name(name, key)
+            spec = self.mapping(
+                spec,
+                key,
+                {"roles", "addresses", "forward", "count", "first"},
+                {"roles", "addresses"},
+            )
+            count = spec.get("count")
+            if count is None:
+                members = [(name, 0)]
+            else:
+                if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 50:
+                    raise self.fail(f"{key}.count", f"expected a number 1-50, got {count!r}")
+                if spec.get("forward"):
+                    raise self.fail(
+                        f"{key}.forward",
+                        "a host with a count cannot forward ports (they would collide)",
+                    )
+                first = spec.get("first", 1)
+                if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+                    raise self.fail(f"{key}.first", f"expected a number from 0, got {first!r}")
+                members = [(f"{name}{first + i}", i) for i in range(count)]
+            for member, offset in members:
+                if member in names:
+                    raise self.fail(key, f"host {member} is defined twice")
+                names.add(member)
+                found.append((member, key, spec, offset))
+        return found
 
     def host_name(self, name: Any, key: str) -> None:
         if (
@@ -515,7 +639,7 @@ class _Parser:
         return tuple(roles)
 
     def addresses(
-        self, addrs: Any, key: str, networks: Mapping[str, Network]
+        self, addrs: Any, key: str, networks: Mapping[str, Network], offset: int = 0
     ) -> dict[str, ipaddress.IPv4Address]:
         if not isinstance(addrs, dict) or not addrs:
             raise self.fail(key, "expected a mapping of network name to address")
@@ -525,8 +649,8 @@ class _Parser:
             if net_name not in networks:
                 raise self.fail(akey, f"unknown network (known: {', '.join(networks)})")
             try:
-                addr = ipaddress.IPv4Address(str(raw))
-            except ValueError:
+                addr = ipaddress.IPv4Address(str(raw)) + offset
+            except (ValueError, ipaddress.AddressValueError):
                 raise self.fail(akey, f"{raw!r} is not an IPv4 address") from None
             net = networks[net_name]
             if addr not in net.cidr:
@@ -577,7 +701,7 @@ class _Parser:
                 spec,
                 key,
                 {"from", "to", "port", "proto", "why", "when", "unless"},
-                {"from", "to", "port"},
+                {"from", "to"},
             )
             active = True
             for cond in ("when", "unless"):
@@ -602,13 +726,20 @@ class _Parser:
                 ends.append(role)
             if ends[1] == ANY:
                 raise self.fail(f"{key}.to", "a flow must name the destination role, not 'any'")
-            service, port = self.named_port(spec["port"], f"{key}.port")
-            self.flow_services.add(service)
             proto = spec.get("proto", "tcp")
             if proto not in PROTOCOLS:
                 raise self.fail(
                     f"{key}.proto", f"expected one of {', '.join(PROTOCOLS)}, got {proto!r}"
                 )
+            if proto in PORTLESS:
+                if "port" in spec:
+                    raise self.fail(f"{key}.port", f"{proto} has no ports")
+                service, port = "", 0
+            else:
+                if "port" not in spec:
+                    raise self.fail(f"{key}.port", "missing required key")
+                service, port = self.named_port(spec["port"], f"{key}.port")
+                self.flow_services.add(service)
             ident = (ends[0], ends[1], port, proto)
             if ident in seen:
                 raise self.fail(key, f"duplicate flow {ends[0]} -> {ends[1]} {port}/{proto}")

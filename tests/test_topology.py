@@ -396,7 +396,7 @@ MALFORMED = [
     pytest.param(
         renaming("hosts.web1.roles", "role"),
         "hosts.web1.role",
-        "unknown key (expected one of: addresses, forward, roles)",
+        "unknown key (expected one of: addresses, count, first, forward, roles)",
         id="unknown-host-key-typo",
     ),
     pytest.param(deleting("site"), "site", "missing required key", id="missing-top-level-key"),
@@ -491,7 +491,7 @@ MALFORMED = [
     pytest.param(
         setting("flows.0.proto", "icmp"),
         "flows[0].proto",
-        "expected one of tcp, udp, got 'icmp'",
+        "expected one of tcp, udp, vrrp, got 'icmp'",
         id="flow-bad-proto",
     ),
     pytest.param(
@@ -669,3 +669,60 @@ def test_forwarded_gives_the_loopback_port_of_a_service_or_none(seed: Topology) 
     forwards = yaml.safe_load(SEED_TEXT)["hosts"][lb.name]["forward"]
     assert seed.forwarded(lb, "site-https") == forwards["site-https"]
     assert seed.forwarded(lb, "mysql") is None
+
+
+# --------------------------------------------------------------------------- counted hosts
+
+
+def with_web_group(count: object, **extra: object) -> str:
+    """The seed with web1/web2 replaced by a counted group `web` (app hosts only)."""
+    doc = yaml.safe_load(SEED_TEXT)
+    del doc["hosts"]["web1"], doc["hosts"]["web2"]
+    doc["hosts"]["web"] = {
+        "roles": ["web", "app", "db-replica"],
+        "addresses": {"private": "192.168.57.21"},
+        "count": count,
+        **extra,
+    }
+    doc["hosts"]["db1"] = {"roles": ["db-primary"], "addresses": {"private": "192.168.57.41"}}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_a_counted_host_stands_for_that_many_hosts_at_consecutive_addresses() -> None:
+    topo = topology.parse(with_web_group(3))
+    webs = topo.with_role("web")
+    assert [h.name for h in webs] == ["web1", "web2", "web3"]
+    assert [str(h.addresses["private"]) for h in webs] == [
+        "192.168.57.21",
+        "192.168.57.22",
+        "192.168.57.23",
+    ]
+
+
+def test_counted_hosts_get_their_own_management_ports_in_order() -> None:
+    topo = topology.parse(with_web_group(2))
+    ports = [h.ssh_port for h in topo]
+    assert ports == list(range(SSH_PORT_BASE, SSH_PORT_BASE + len(topo.hosts)))
+
+
+@pytest.mark.parametrize(
+    "count, extra, key, problem",
+    [
+        (0, {}, "hosts.web.count", "expected a number 1-50, got 0"),
+        ("two", {}, "hosts.web.count", "expected a number 1-50, got 'two'"),
+        (2, {"forward": {"site-https": 9443}}, "hosts.web.forward", "cannot forward ports"),
+        (
+            10,
+            {},
+            "hosts.web.addresses.private",
+            "duplicate address 192.168.57.30, already used by monitor",
+        ),
+    ],
+)
+def test_a_bad_count_is_rejected_naming_the_key(
+    count: object, extra: dict[str, object], key: str, problem: str
+) -> None:
+    with pytest.raises(TopologyError) as info:
+        topology.parse(with_web_group(count, **extra))
+    assert info.value.key == key
+    assert problem in info.value.problem

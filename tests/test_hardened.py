@@ -1,0 +1,112 @@
+"""The hardened topology as the model reads it (topologies/hardened.yml): counted tiers,
+the load balancers' floating address, VRRP between them only (no machine needed)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+import yaml
+
+from provision import firewall, inventory, site, topology
+from provision.topology import Topology
+
+TEXT = (topology.TOPOLOGY_DIR / "hardened.yml").read_text()
+DOC = yaml.safe_load(TEXT)
+
+
+@pytest.fixture(scope="module")
+def hardened() -> Topology:
+    return topology.parse(TEXT, "hardened.yml")
+
+
+def test_each_tier_has_its_own_hosts(hardened: Topology) -> None:
+    assert [h.name for h in hardened.with_role("lb")] == ["lb1", "lb2"]
+    webs = hardened.with_role("web")
+    assert len(webs) == DOC["hosts"]["web"]["count"]
+    assert all(h.roles == ("web", "app") for h in webs)
+    assert [h.name for h in hardened.in_tier("db")] == ["db1", "db2", "db3"]
+
+
+def test_the_site_address_floats_between_the_load_balancers(hardened: Topology) -> None:
+    vip = hardened.vips["site"]
+    assert vip.address == ipaddress.IPv4Address(DOC["vips"]["site"]["address"])
+    assert all(vip.address not in h.addresses.values() for h in hardened)
+
+
+def test_the_client_reaches_the_site_at_the_floating_address_only(hardened: Topology) -> None:
+    client = hardened.with_role("client")[0]
+    reached = {
+        (p.dest.name, str(p.address), p.port)
+        for p in hardened.allowed_paths()
+        if p.source.name == client.name
+    }
+    vip = str(hardened.vips["site"].address)
+    site = {hardened.port("site-https"), hardened.port("site-http")}
+    assert reached == {(lb.name, vip, port) for lb in hardened.with_role("lb") for port in site}
+
+
+def test_vrrp_is_accepted_between_the_load_balancers_only(hardened: Topology) -> None:
+    for host in hardened:
+        rules = [a for a in firewall.accepts(hardened, host, "172.17.0.1/16") if a.proto == "vrrp"]
+        peers = {a.source for a in rules}
+        expected = {lb.name for lb in hardened.with_role("lb")} - {host.name}
+        assert peers == (expected if host.has_role("lb") else set())
+        assert all("--dport" not in a.rule() and "-p vrrp" in a.rule() for a in rules)
+
+
+def test_the_operator_machine_reaches_the_site_ports_at_the_floating_address(
+    hardened: Topology,
+) -> None:
+    lb = hardened.with_role("lb")[0]
+    rules = [a for a in firewall.accepts(hardened, lb, "172.17.0.1/16") if a.source == "operator"]
+    gateway = hardened.networks["public"].gateway
+    assert {(a.source_address, a.address, a.port) for a in rules} == {
+        (f"{gateway}/32", str(hardened.vips["site"].address), hardened.port(p))
+        for p in ("site-https", "site-http")
+    }
+
+
+def test_the_web_tier_scales_by_its_count() -> None:
+    doc = yaml.safe_load(TEXT)
+    doc["hosts"]["web"]["count"] = 3
+    topo = topology.parse(yaml.safe_dump(doc), "scaled.yml")
+    assert [h.name for h in topo.with_role("web")] == ["web1", "web2", "web3"]
+    lb = topo.with_role("lb")[0]
+    web3 = topo.hosts["web3"]
+    assert topo.is_allowed(lb.name, "web3", "private", topo.port("backend-https"))
+    assert str(web3.addresses["private"]) == "192.168.57.23"
+
+
+@pytest.mark.parametrize(
+    "change, key, problem",
+    [
+        (("address",), "vips.site.address", "already used by lb1"),
+        (("network",), "vips.site.network", "unknown network"),
+        (("role",), "vips.site.role", "no host with role 'monitor' is on network public"),
+    ],
+)
+def test_a_bad_floating_address_is_rejected_naming_the_key(
+    change: tuple[str], key: str, problem: str
+) -> None:
+    doc = yaml.safe_load(TEXT)
+    value = {"address": "192.168.56.11", "network": "dmz", "role": "monitor"}[change[0]]
+    doc["vips"]["site"][change[0]] = value
+    with pytest.raises(topology.TopologyError) as info:
+        topology.parse(yaml.safe_dump(doc), "bad.yml")
+    assert info.value.key == key
+    assert problem in info.value.problem
+
+
+def test_without_an_inventory_the_site_is_reached_at_the_floating_address(
+    hardened: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(inventory.INVENTORY_ENV, raising=False)
+    entry = inventory.site_entry(hardened)
+    assert entry.address == str(hardened.vips["site"].address)
+    assert (entry.https, entry.http) == (hardened.port("site-https"), hardened.port("site-http"))
+
+
+def test_the_site_certificate_and_host_check_know_the_floating_address(hardened: Topology) -> None:
+    vip = str(hardened.vips["site"].address)
+    assert vip in site.accepted_hosts(hardened, hardened.with_role("lb")[1])
