@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from provision import firewall, inventory, site, topology
+from provision.engine import File, HostContext, interface_of
+from provision.roles import lb
 from provision.topology import Topology
 
 TEXT = (topology.TOPOLOGY_DIR / "hardened.yml").read_text()
@@ -110,3 +112,38 @@ def test_without_an_inventory_the_site_is_reached_at_the_floating_address(
 def test_the_site_certificate_and_host_check_know_the_floating_address(hardened: Topology) -> None:
     vip = str(hardened.vips["site"].address)
     assert vip in site.accepted_hosts(hardened, hardened.with_role("lb")[1])
+
+
+FACTS = {
+    "ssh_client": "172.17.0.1",
+    "cpus": "2",
+    "arch": "x86_64",
+    "python": "3.11",
+    "interfaces": "lo=127.0.0.1/8 eth0=172.17.0.3/16 eth1=192.168.56.12/24 eth2=192.168.57.12/24",
+}
+
+
+@pytest.mark.usefixtures("offline_roles")
+def test_keepalived_peers_over_the_private_network_and_floats_the_public_address(
+    hardened: Topology,
+) -> None:
+    steps = lb.steps(HostContext(hardened, hardened.hosts["lb2"], FACTS))
+    conf = next(s for s in steps if isinstance(s, File) and s.path == lb.KEEPALIVED_CONFIG)
+    text = conf.data.decode()
+    assert "interface eth2" in text and "unicast_src_ip 192.168.57.12" in text
+    assert "unicast_peer {\n        192.168.57.11\n    }" in text
+    assert f"{hardened.vips['site'].address}/24 dev eth1" in text
+    assert "nopreempt" in text and "track_process {\n        haproxy" in text
+    assert conf.mode == "0600" and conf.validate == "keepalived -t -f {path}"
+
+
+@pytest.mark.usefixtures("offline_roles")
+def test_the_seed_balancer_runs_no_keepalived(seed: Topology) -> None:
+    steps = lb.steps(HostContext(seed, seed.with_role("lb")[0], FACTS))
+    assert not [s for s in steps if isinstance(s, File) and s.path == lb.KEEPALIVED_CONFIG]
+
+
+def test_interface_of_finds_the_interface_holding_an_address() -> None:
+    assert interface_of(FACTS, "192.168.56.12") == "eth1"
+    assert interface_of(FACTS, "192.168.56.99") is None
+    assert interface_of({}, "192.168.56.12") is None

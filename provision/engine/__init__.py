@@ -7,7 +7,7 @@
 Roles import what they need from here.
 """
 
-from provision.engine.remote import CommandResult, Remote, StepError
+from provision.engine.remote import CommandResult, Remote, StepError, interface_of
 from provision.engine.run import HostContext, Printer, Report, Role, deploy, summary
 from provision.engine.steps import (
     OK,
@@ -44,6 +44,7 @@ __all__ = [
     "Step",
     "StepError",
     "deploy",
+    "interface_of",
     "reload_handler",
     "render",
     "restart_handler",

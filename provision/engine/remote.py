@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -99,18 +99,21 @@ class Remote:
         # the management path the firewall must keep open.
         res = self.conn.run(
             "echo $SSH_CLIENT; nproc; uname -m; "
-            "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",
+            "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'; "
+            "ip -o -4 addr show 2>/dev/null | awk '{print $2 \"=\" $4}' | tr '\\n' ' '",
             hide=True,
             in_stream=False,
             warn=True,
         )
-        lines = res.stdout.splitlines() + ["", "", "", ""]
+        lines = res.stdout.splitlines() + ["", "", "", "", ""]
         client = lines[0].split()
         return {
             "ssh_client": client[0] if client else "127.0.0.1",
             "cpus": lines[1].strip() or "1",
             "arch": lines[2].strip(),
             "python": lines[3].strip(),
+            # "eth1=192.168.56.11/24 eth2=..."; read with interface_of().
+            "interfaces": lines[4].strip(),
         }
 
     def output_bytes(self, command: str) -> bytes:
@@ -140,3 +143,12 @@ def _failure_text(command: str, result: CommandResult) -> str:
     out = (result.stderr.strip() or result.stdout.strip()).splitlines()[-6:]
     shown = command if len(command) < 160 else command[:157] + "..."
     return f"`{shown}` exited {result.rc}" + (": " + " | ".join(out) if out else "")
+
+
+def interface_of(facts: Mapping[str, str], address: str) -> str | None:
+    """The interface that holds `address`, from the `interfaces` fact."""
+    for item in facts.get("interfaces", "").split():
+        name, _, cidr = item.partition("=")
+        if cidr.split("/")[0] == address:
+            return name
+    return None

@@ -127,7 +127,14 @@ def _run_host(
     host = ctx.host.name
     for role in roles:
         notified: list[str] = []
-        for step in role.steps(ctx):
+        try:
+            planned = role.steps(ctx)
+        except Exception as exc:  # a role that cannot plan names the host and why
+            what = f"Plan the {role.name} role's steps."
+            printer.step(host, "FAILED", what, str(exc))
+            report.failures.append(Failure(host, role.name, what, str(exc)))
+            return
+        for step in planned:
             if isinstance(step, FlushHandlers):
                 if not _run_handlers(remote, role, notified, host, report, printer):
                     return

@@ -28,9 +28,12 @@ def hosts_entries(topology: Topology, viewer: Host) -> list[tuple[str, list[str]
     to the load balancer where the viewer shares a network with it.
     """
     entries: list[tuple[str, list[str]]] = []
+    vips = [v for v in topology.vips.values() if v.role == "lb" and v.network in viewer.addresses]
+    if vips:  # the load balancers' floating address is the site
+        entries.append((str(vips[0].address), list(topology.site.names)))
     for host in topology:
         names = [host.name]
-        if host.has_role("lb") and topology.shared_networks(viewer, host):
+        if not vips and host.has_role("lb") and topology.shared_networks(viewer, host):
             lbs = [h for h in topology.with_role("lb") if topology.shared_networks(viewer, h)]
             if host is lbs[0]:
                 names += list(topology.site.names)

@@ -20,8 +20,11 @@ from provision.engine import (
     Role,
     Service,
     Step,
+    StepError,
+    interface_of,
     reload_handler,
     render,
+    restart_handler,
 )
 from provision.topology import Host, Topology
 
@@ -98,7 +101,59 @@ def steps(ctx: HostContext) -> list[Step]:
             name="Ensure haproxy.cfg terminates TLS and balances the web servers.",
         ),
         Service("haproxy", name="Ensure HAProxy is enabled and running."),
+        *keepalived_steps(ctx),
     ]
 
 
-ROLE = Role("lb", "lb", steps, handlers=[reload_handler("haproxy")])
+KEEPALIVED_CONFIG = "/etc/keepalived/keepalived.conf"
+
+
+def keepalived_steps(ctx: HostContext) -> list[Step]:
+    """keepalived, when the topology gives the balancers a floating address (vips:)."""
+    topo, host = ctx.topology, ctx.host
+    vips = [v for v in topo.vips.values() if host.has_role(v.role) and v.role == "lb"]
+    if not vips:
+        return []
+    vip = vips[0]
+    lbs = topo.with_role("lb")
+    vrrp_net = "private" if "private" in host.addresses else vip.network
+    own = str(host.addresses[vrrp_net])
+    vrrp_if, vip_if = (
+        interface_of(ctx.facts, own),
+        interface_of(ctx.facts, str(host.addresses[vip.network])),
+    )
+    if not vrrp_if or not vip_if:
+        raise StepError(
+            f"{host.name}: no interface holds {own} or {host.addresses[vip.network]} "
+            f"(facts: {ctx.facts.get('interfaces', 'none')})"
+        )
+    config = render(
+        "lb",
+        "keepalived.conf.j2",
+        host=host.name,
+        vip=vip,
+        prefix=topo.networks[vip.network].cidr.prefixlen,
+        vrrp_interface=vrrp_if,
+        vip_interface=vip_if,
+        own_address=own,
+        peers=[str(p.addresses[vrrp_net]) for p in lbs if p.name != host.name],
+        # The first balancer of the file is preferred at start; nopreempt keeps it simple.
+        priority=150 - 10 * lbs.index(host),
+        router_id=51,
+        password=secrets.password("vrrp")[:8],
+    )
+    return [
+        Packages(("keepalived",), name="Ensure keepalived is installed."),
+        File(
+            KEEPALIVED_CONFIG,
+            config,
+            mode="0600",
+            validate="keepalived -t -f {path}",
+            notify=["restart keepalived"],
+            name=f"Ensure keepalived shares {vip.address} with the other balancers.",
+        ),
+        Service("keepalived", name="Ensure keepalived is enabled and running."),
+    ]
+
+
+ROLE = Role("lb", "lb", steps, handlers=[reload_handler("haproxy"), restart_handler("keepalived")])
