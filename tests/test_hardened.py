@@ -133,7 +133,7 @@ def test_keepalived_peers_over_the_private_network_and_floats_the_public_address
     assert "interface eth2" in text and "unicast_src_ip 192.168.57.12" in text
     assert "unicast_peer {\n        192.168.57.11\n    }" in text
     assert f"{hardened.vips['site'].address}/24 dev eth1" in text
-    assert "nopreempt" in text and "track_process {\n        haproxy" in text
+    assert "nopreempt" in text and "track_script {\n        haproxy" in text
     assert conf.mode == "0600" and conf.validate == "keepalived -t -f {path}"
 
 

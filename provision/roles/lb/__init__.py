@@ -140,10 +140,9 @@ def keepalived_steps(ctx: HostContext) -> list[Step]:
         # The first balancer of the file is preferred at start; nopreempt keeps it simple.
         priority=150 - 10 * lbs.index(host),
         router_id=51,
-        password=secrets.password("vrrp")[:8],
     )
     return [
-        Packages(("keepalived",), name="Ensure keepalived is installed."),
+        Packages(("keepalived", "procps"), name="Ensure keepalived (and pgrep) are installed."),
         File(
             KEEPALIVED_CONFIG,
             config,
