@@ -85,3 +85,29 @@ def test_backend_traffic_is_encrypted_with_reencryption_on(
     lb = TOPOLOGY.with_role("lb")[0]
     assert f"{lb.addresses['private']}." in captured, "no backend traffic was captured"
     assert marker not in captured
+
+
+@pytest.mark.disruptive
+@pytest.mark.usefixtures("reencrypted")
+def test_with_reencryption_a_web_server_answers_the_balancers_certificate_only(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    """mTLS: from the load balancer (the only host the firewall lets reach the web port),
+    TLS without the balancers' client certificate gets no page; with it, the page."""
+    lb = machines[TOPOLOGY.with_role("lb")[0].name]
+    web = TOPOLOGY.hosts[WEB]
+    address = TOPOLOGY.address_for(TOPOLOGY.with_role("lb")[0], web)
+    port = TOPOLOGY.port("backend-https")
+    url = f"https://{WEB}:{port}/health"
+    base = (
+        f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 --resolve {WEB}:{port}:{address} "
+        f"--cacert /etc/haproxy/testbed-ca.pem"
+    )
+    without = lb.run(f"{base} {url}").stdout.strip()
+    assert without in ("400", "000"), f"no client certificate: {without}"
+    bundle = "/etc/haproxy/certs/backend-client.pem"
+    with_cert = lb.run(f"{base} --cert {bundle} {url}").stdout.strip()
+    assert with_cert == "200"
+    # The site's own certificate (a server certificate of the same CA) is no client.
+    site = "/etc/haproxy/certs/site.pem"
+    assert lb.run(f"{base} --cert {site} {url}").stdout.strip() in ("400", "000")

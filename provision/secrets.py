@@ -164,18 +164,27 @@ def _sans(cert: x509.Certificate) -> set[str]:
 
 
 def leaf(
-    name: str, dns: list[str], ips: list[str], base: Path | None = None, renew: bool = False
+    name: str,
+    dns: list[str],
+    ips: list[str],
+    base: Path | None = None,
+    renew: bool = False,
+    client: bool = False,
 ) -> KeyPair:
-    """A server certificate signed by the testbed CA, kept and reused while it fits.
+    """A certificate signed by the testbed CA, kept and reused while it fits: for a server
+    (extended key usage serverAuth), or with `client` for a client (clientAuth only, so it
+    can never serve a site, and no server certificate can pass as it).
 
     Issued again when asked (`renew`), when its names change, or when it expires
     within RENEW_BEFORE_DAYS.
     """
     with _LOCK:
-        return _leaf(name, dns, ips, base, renew)
+        return _leaf(name, dns, ips, base, renew, client)
 
 
-def _leaf(name: str, dns: list[str], ips: list[str], base: Path | None, renew: bool) -> KeyPair:
+def _leaf(
+    name: str, dns: list[str], ips: list[str], base: Path | None, renew: bool, client: bool
+) -> KeyPair:
     d = _dir(base)
     key_path, cert_path = d / f"{name}.key", d / f"{name}.crt"
     wanted = set(dns) | {str(ipaddress.ip_address(i)) for i in ips}
@@ -202,7 +211,12 @@ def _leaf(name: str, dns: list[str], ips: list[str], base: Path | None, renew: b
         .not_valid_after(_now() + dt.timedelta(days=LEAF_DAYS))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,

@@ -7,6 +7,9 @@ from __future__ import annotations
 from provision import secrets
 from provision.topology import Host, Topology
 
+BALANCER_CLIENT = "lb-client"
+"""The name in the balancers' client certificate; the web servers accept no other (mTLS)."""
+
 
 def site_certificate(topology: Topology, renew: bool = False) -> secrets.KeyPair:
     """The certificate for the site's names, the load balancers' addresses and 127.0.0.1."""
@@ -29,3 +32,9 @@ def backend_port(topology: Topology) -> int:
     if len(ports) != 1:
         raise ValueError(f"topology {topology.name}: expected one lb -> web flow, found {ports}")
     return ports.pop()
+
+
+def balancer_client_certificate() -> secrets.KeyPair:
+    """What the load balancers show the web servers when re-encrypting: clientAuth only, so
+    no server certificate of the testbed CA can pass as it, and it can serve no site."""
+    return secrets.leaf(BALANCER_CLIENT, [BALANCER_CLIENT], [], client=True)

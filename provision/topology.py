@@ -506,21 +506,21 @@ class _Parser:
         for index, (name, key, spec, offset) in enumerate(expanded):
             roles = self.roles(spec["roles"], f"{key}.roles")
             addresses = self.addresses(spec["addresses"], f"{key}.addresses", networks, offset)
-            for net_name, addr in addresses.items():
-                if addr in owner:
-                    raise self.fail(
-                        f"{key}.addresses.{net_name}",
-                        f"duplicate address {addr}, already used by {owner[addr]}",
-                    )
-                owner[addr] = name
+            self.claim(
+                owner,
+                addresses,
+                f"{key}.addresses",
+                name,
+                "duplicate address {}, already used by {}",
+            )
             forward = self.forward(spec.get("forward") or {}, f"{key}.forward", len(expanded))
-            for service, hport in forward.items():
-                if hport in host_ports:
-                    raise self.fail(
-                        f"{key}.forward.{service}",
-                        f"host port {hport} is already forwarded to {host_ports[hport]}",
-                    )
-                host_ports[hport] = name
+            self.claim(
+                host_ports,
+                forward,
+                f"{key}.forward",
+                name,
+                "host port {} is already forwarded to {}",
+            )
             forward_ports = {self.ports[service]: hport for service, hport in forward.items()}
             hosts[name] = Host(name, roles, addresses, forward_ports, index)
         self.one_primary(hosts)
@@ -580,6 +580,16 @@ class _Parser:
             taken[addr] = f"vip {name}"
             found[str(name)] = Vip(str(name), net, addr, str(spec["role"]), names)
         return found
+
+    def claim(
+        self, owner: dict[Any, str], items: Mapping[str, Any], key: str, name: str, what: str
+    ) -> None:
+        """Record `name` as the owner of each value of `items`; a value owned already is an
+        error naming the item's key (`what` formats the value and its first owner)."""
+        for item, value in items.items():
+            if value in owner:
+                raise self.fail(f"{key}.{item}", what.format(value, owner[value]))
+            owner[value] = name
 
     def expand(self, value: Mapping[Any, Any]) -> list[tuple[str, str, dict[str, Any], int]]:
         """(host name, key for errors, settings, address offset) of every host. A spec

@@ -6,7 +6,7 @@ import configparser
 
 import pytest
 
-from provision import secrets, tls, topology
+from provision import secrets, site, tls, topology
 from provision.engine import File, HostContext
 from provision.roles import app, lb, web
 
@@ -106,3 +106,26 @@ def test_the_app_ships_with_its_page_template() -> None:
 @pytest.mark.parametrize("cpus,workers", [("1", 3), ("2", 5), ("16", 8), ("", 3)])
 def test_gunicorn_workers_follow_the_cpus_with_a_cap(cpus: str, workers: int) -> None:
     assert app.workers(cpus) == workers
+
+
+def test_reencryption_shows_the_backends_the_balancers_client_certificate() -> None:
+    cfg = _haproxy({"reencrypt": True})
+    assert f"ssl verify required ca-file {lb.CA} crt {lb.CLIENT_CERT}" in cfg
+
+
+def test_reencryption_makes_nginx_require_the_balancers_client_certificate() -> None:
+    topo = topology.load("seed", {"reencrypt": True})
+    conf = _file(web.steps(HostContext(topo, topo.hosts["web1"], FACTS)), web.SITE)
+    assert "ssl_verify_client on;" in conf
+    assert f'"CN={site.BALANCER_CLIENT}(,|$)"' in conf
+    plain = _file(web.steps(HostContext(SEED, SEED.hosts["web1"], FACTS)), web.SITE)
+    assert "ssl_verify_client" not in plain
+
+
+def test_the_balancers_client_certificate_can_authenticate_clients_only() -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    cert = site.balancer_client_certificate().cert
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]

@@ -30,6 +30,8 @@ from provision.topology import Host, Topology
 
 CERT = "/etc/haproxy/certs/site.pem"
 CA = "/etc/haproxy/testbed-ca.pem"
+CLIENT_CERT = "/etc/haproxy/certs/backend-client.pem"
+"""The balancers' client certificate: web servers accept TLS only from its holder (mTLS)."""
 CONFIG = "/etc/haproxy/haproxy.cfg"
 HTTP_REQUEST_TIMEOUT = "5s"
 """How long a client may take to send its request headers (slowloris guard)."""
@@ -65,6 +67,7 @@ def steps(ctx: HostContext) -> list[Step]:
         policy=tls.INTERMEDIATE,
         cert=CERT,
         ca=CA,
+        client_cert=CLIENT_CERT,
         site=topo.site.name,
         hosts=site.accepted_hosts(topo, host),
         port_map=port_map(topo, host),
@@ -92,6 +95,21 @@ def steps(ctx: HostContext) -> list[Step]:
             group="haproxy",
             notify=["reload haproxy"],
             name=f"Ensure the certificate for {topo.site.name} is installed (0600).",
+        ),
+        *(
+            [
+                File(
+                    CLIENT_CERT,
+                    site.balancer_client_certificate().bundle,
+                    mode="0600",
+                    owner="haproxy",
+                    group="haproxy",
+                    notify=["reload haproxy"],
+                    name="Ensure the balancers' client certificate is installed (0600).",
+                )
+            ]
+            if reencrypt
+            else []
         ),
         File(
             CONFIG,

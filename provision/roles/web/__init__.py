@@ -56,6 +56,12 @@ def steps(ctx: HostContext) -> list[Step]:
                 notify=["restart nginx"],
                 name="Ensure this backend's private key is installed (0600).",
             ),
+            File(
+                f"{CERT_DIR}/ca.crt",
+                secrets.ca().cert_pem,
+                notify=["restart nginx"],
+                name="Ensure the testbed CA is installed (to verify the balancers).",
+            ),
         ]
     result += [
         File(
@@ -68,6 +74,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 tls=reencrypt,
                 policy=tls.INTERMEDIATE,
                 cert_dir=CERT_DIR,
+                client_name=site.BALANCER_CLIENT,
                 upstream=layout.APP_LISTEN,
                 max_body=MAX_BODY,
                 status_listen=layout.NGINX_STATUS_LISTEN,
