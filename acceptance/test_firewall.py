@@ -116,7 +116,8 @@ def test_connection_succeeds_exactly_when_the_topology_allows_it(
     wrong = []
     for address in addresses[dest]:
         network = _network_of(address) or "management"
-        allowed = TOPOLOGY.is_allowed(source, dest, network, port)
+        at = ipaddress.IPv4Address(address) if network != "management" else None
+        allowed = TOPOLOGY.is_allowed(source, dest, network, port, address=at)
         got = matrix[(source, dest, address, port)]
         expected = "open" if allowed else "filtered"
         if got != expected:
@@ -145,10 +146,16 @@ def test_a_scan_from_the_client_finds_only_the_site_ports_on_the_load_balancers(
                 fields = entry.strip().split("/")
                 if len(fields) > 1 and fields[1] == "open":
                     found.add((addr, int(fields[0])))
-    # Every load balancer's public address, and nothing else (the seed has one).
-    lbs = TOPOLOGY.with_role("lb")
-    site_ports = (TOPOLOGY.port("site-http"), TOPOLOGY.port("site-https"))
-    assert found == {(str(lb.addresses["public"]), port) for lb in lbs for port in site_ports}
+    # Exactly what the topology lets the client reach: the load balancer's site ports (at
+    # the balancers' floating address when they share one), nothing else.
+    expected = {
+        (str(p.address), p.port) for p in TOPOLOGY.allowed_paths() if p.source.name == CLIENT.name
+    }
+    assert expected and {port for _, port in expected} == {
+        TOPOLOGY.port("site-http"),
+        TOPOLOGY.port("site-https"),
+    }
+    assert found == expected
 
 
 @pytest.mark.parametrize("name", HOST_NAMES)

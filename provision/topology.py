@@ -223,14 +223,23 @@ class Topology:
         return list(paths.values())
 
     def is_allowed(
-        self, source: str, dest: str, network: str, port: int, proto: str = "tcp"
+        self,
+        source: str,
+        dest: str,
+        network: str,
+        port: int,
+        proto: str = "tcp",
+        address: ipaddress.IPv4Address | None = None,
     ) -> bool:
+        """Whether a flow lets `source` reach `dest` on `network`; with `address`, at that
+        address (a role with a floating address is reached there only)."""
         return any(
             p.source.name == source
             and p.dest.name == dest
             and p.network == network
             and p.port == port
             and p.proto == proto
+            and (address is None or p.address == address)
             for p in self.allowed_paths()
         )
 

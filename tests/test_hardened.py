@@ -147,3 +147,15 @@ def test_interface_of_finds_the_interface_holding_an_address() -> None:
     assert interface_of(FACTS, "192.168.56.12") == "eth1"
     assert interface_of(FACTS, "192.168.56.99") is None
     assert interface_of({}, "192.168.56.12") is None
+
+
+def test_is_allowed_at_an_address_tells_the_floating_address_from_a_balancers_own(
+    hardened: Topology,
+) -> None:
+    client, lb1 = hardened.with_role("client")[0].name, hardened.hosts["lb1"]
+    https = hardened.port("site-https")
+    assert hardened.is_allowed(client, "lb1", "public", https)
+    assert hardened.is_allowed(
+        client, "lb1", "public", https, address=hardened.vips["site"].address
+    )
+    assert not hardened.is_allowed(client, "lb1", "public", https, address=lb1.addresses["public"])
