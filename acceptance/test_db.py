@@ -15,7 +15,7 @@ from acceptance.probe import probe_script
 from acceptance.site import JSON, request
 from provision import dbcluster, engine, layout, secrets
 from provision.inventory import Endpoint
-from provision.roles import db
+from provision.roles import app, db
 from provision.testkit import fab
 
 DB_PORT = TOPOLOGY.port("mysql")
@@ -149,16 +149,33 @@ def test_a_note_written_through_the_api_is_on_every_replica_within_a_second(
             _wait_on_replica(r, json.loads(reply.body)["id"], limit)
 
 
+DIRECT_WRITE = """
+import sys, mysql.connector
+try:
+    conn = mysql.connector.connect(host=sys.argv[1], port=int(sys.argv[2]), user=sys.argv[3],
+                                   password=sys.stdin.read().strip(), database=sys.argv[4],
+                                   connection_timeout=3)
+    conn.cursor().execute("INSERT INTO notes (text, server) VALUES ('direct', 'test')")
+    conn.commit()
+except mysql.connector.Error as exc:
+    sys.exit(f"{exc.errno} {exc.msg}")
+"""
+
+
 def test_a_replica_refuses_a_direct_write(remote: Opener, replicas: list[str]) -> None:
+    """The app's own account, from an app host (the only place it may connect from), with
+    the app's own connector, straight to a replica: refused, read-only (1290)."""
     name = replicas[0]
     address = dbcluster.node_address(TOPOLOGY, TOPOLOGY.hosts[name])
-    res = as_user(
-        remote(name),
-        layout.APP_USER, secrets.password("db-app"), address,
-        "INSERT INTO testbed.notes (text, server) VALUES ('direct', 'test')",
-    )  # fmt: skip
+    app_host = TOPOLOGY.with_role("app")[0].name
+    res = remote(app_host).run(
+        f"{app.VENV}/bin/python -c {shlex.quote(DIRECT_WRITE)} {address} "
+        f"{TOPOLOGY.port('mysql')} {layout.APP_USER} {layout.DATABASE}",
+        stdin=secrets.password("db-app"),
+        check=False,
+    )
     assert not res.ok
-    assert "read-only" in res.stderr or "1290" in res.stderr, res.stderr
+    assert "1290" in res.stderr or "read-only" in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("source", OUTSIDERS)

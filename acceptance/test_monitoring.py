@@ -22,6 +22,7 @@ import pytest
 import testinfra
 
 from acceptance.conftest import TOPOLOGY
+from acceptance.site import SITE_CLIENT
 from provision import PROJECT_ROOT, dbcluster, inventory, layout, monitoring
 
 MONITOR = monitoring.monitor_host(TOPOLOGY)
@@ -78,6 +79,7 @@ def _locust_run(tmp: Path, users: int, rate: float, seconds: int) -> int:
     env = dict(os.environ, LOAD_RATE=str(rate))
     res = subprocess.run(
         [str(Path(sys.executable).parent / "locust"), "-f", "loadtests/qps.py", "--headless",
+         "--host", SITE_CLIENT.entry.url(),
          "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--csv", str(prefix),
          "--max-p95-ms", "5000", "--only-summary"],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False,
