@@ -56,7 +56,9 @@ def listeners(machines: Machines) -> Iterator[None]:
     started = []
     for name in HOST_NAMES:
         host = TOPOLOGY.hosts[name]
-        wanted = {p.port for p in TOPOLOGY.allowed_paths() if p.dest.name == name}
+        wanted = {
+            p.port for p in TOPOLOGY.allowed_paths() if p.dest.name == name and p.proto == "tcp"
+        }
         busy = {port for _, port in _listening(machines[name])}
         ports = sorted(wanted - busy)
         if ports:

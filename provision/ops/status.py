@@ -62,8 +62,8 @@ def status(topology_name: str | None, inventory_file: str | None) -> list[HostSt
 
 
 def endpoint_lines(topo: topology.Topology, inventory_file: str | None = None) -> list[str]:
-    where = "this machine's loopback" if not inventory.selected(inventory_file) else "the inventory"
-    lines = [f"Testbed {topo.name!r}: what to open (reached through {where})."]
+    where = "Vagrant's machines" if not inventory.selected(inventory_file) else "the inventory"
+    lines = [f"Testbed {topo.name!r} ({where}): what to open from this machine."]
     try:
         entry = inventory.site_entry(topo, inventory_file)
     except inventory.InventoryError as exc:
