@@ -114,8 +114,9 @@ def destroy(c: Context, topology: str = "") -> None:
 def inventory_(c: Context, topology: str = "", out: str = "") -> None:
     """Write an inventory file that reaches the running machines without Vagrant.
 
-    Each host by its own address and sshd (not Vagrant's forwarded port), the site by the
-    load balancer's address, and power commands that stop and start each machine. Then
+    Each host by its own address and sshd (not Vagrant's forwarded port), the site where
+    this machine reaches it (docker's published ports on 127.0.0.1, or the balancers'
+    floating address), and power commands that stop and start each machine. Then
     `fab deploy --inventory FILE` and `pytest acceptance/ --inventory FILE` run exactly as
     they would against real servers (docs/inventory.md)."""
     text = machines.export_inventory(load(topology))

@@ -191,27 +191,7 @@ def site_entry(topology: Topology, inventory_file: str | None = None) -> SiteEnt
         raise InventoryError(f"topology {topology.name!r} has no load balancer")
     inventory_file = selected(inventory_file)
     if not inventory_file:
-        https = topology.forwarded(lbs[0], "site-https")
-        http = topology.forwarded(lbs[0], "site-http")
-        vip = next(
-            (
-                v
-                for v in topology.vips.values()
-                if v.role == "lb" and {"site-https", "site-http"} <= set(v.host_ports)
-            ),
-            None,
-        )
-        if (https is None or http is None) and vip is not None:
-            # The load balancers' floating address, reached over the network directly.
-            return SiteEntry(
-                str(vip.address), topology.port("site-https"), topology.port("site-http")
-            )
-        if https is None or http is None:
-            raise InventoryError(
-                f"topology {topology.name!r}: {lbs[0].name} forwards no site-https and "
-                "site-http port to this machine"
-            )
-        return SiteEntry("127.0.0.1", https, http)
+        return vagrant_site_entry(topology)
     path = Path(inventory_file)
     data = _read(path)
     site = data.get("site") or {}
@@ -222,10 +202,32 @@ def site_entry(topology: Topology, inventory_file: str | None = None) -> SiteEnt
     address = site.get("address", default)
     if not address:
         raise InventoryError(f"{path}: site.address: missing (and no hosts.{lbs[0].name})")
-    return SiteEntry(
-        str(address),
-        int(site.get("https", topology.port("site-https"))),
-        int(site.get("http", topology.port("site-http"))),
+    ports = []
+    for key, service in (("https", "site-https"), ("http", "site-http")):
+        port = site.get(key, topology.port(service))
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InventoryError(f"{path}: site.{key}: expected 1-65535, got {port!r}")
+        ports.append(port)
+    return SiteEntry(str(address), ports[0], ports[1])
+
+
+def vagrant_site_entry(topology: Topology) -> SiteEntry:
+    """Where this machine reaches the site of Vagrant's machines: the first load balancer's
+    ports forwarded to 127.0.0.1, or the balancers' floating address (a `vips:` entry
+    open to the operator's machine) on the topology's ports."""
+    lb = topology.with_role("lb")[0]
+    https = topology.forwarded(lb, "site-https")
+    http = topology.forwarded(lb, "site-http")
+    if https is not None and http is not None:
+        return SiteEntry("127.0.0.1", https, http)
+    for vip in topology.vips.values():
+        if vip.role == "lb" and {"site-https", "site-http"} <= set(vip.host_ports):
+            return SiteEntry(
+                str(vip.address), topology.port("site-https"), topology.port("site-http")
+            )
+    raise InventoryError(
+        f"topology {topology.name!r}: {lb.name} forwards no site-https and site-http port to "
+        "this machine, and no floating address of the balancers is open to it"
     )
 
 

@@ -43,7 +43,10 @@ class Power:
                 f"cannot be {'stopped' if action == 'stop' else 'started'} from here "
                 "(docs/inventory.md)"
             )
-        return shlex.split(cmd)
+        try:
+            return shlex.split(cmd)
+        except ValueError as exc:
+            raise PowerError(f"{host}: power.{action}: cannot read {cmd!r}: {exc}") from None
 
     def available(self, host: str) -> bool:
         try:

@@ -5,7 +5,7 @@ topology through :func:`load`, so nothing about a host is written twice. A
 malformed file is rejected with a :class:`TopologyError` naming the file, the key
 and what is wrong.
 
-Run ``python -m provision.topology --help`` for the command-line view of a topology.
+Run ``python -m provision.vagrant --help`` for the command-line view of a topology.
 """
 
 from __future__ import annotations

@@ -347,3 +347,25 @@ def test_power_without_an_inventory_uses_vagrant(
     power = Power(seed, {})
     assert power.command("stop", "web2") == ["vagrant", "halt", "web2"]
     assert power.command("start", "web2") == ["vagrant", "up", "web2"]
+
+
+def test_a_site_port_that_is_not_a_port_is_rejected_naming_the_key(
+    tmp_path: Path, seed: Topology
+) -> None:
+    text = FULL_INVENTORY + "site: {address: 203.0.113.10, https: null}\n"
+    with pytest.raises(InventoryError, match=r"site\.https: expected 1-65535, got None"):
+        site_entry(seed, str(write(tmp_path, text)))
+
+
+def test_a_power_command_with_broken_quoting_is_an_error_naming_the_host(
+    tmp_path: Path, seed: Topology
+) -> None:
+    text = FULL_INVENTORY.replace(
+        "web2:    {host: 203.0.113.22, user: admin}",
+        """web2:    {host: 203.0.113.22, power: {stop: "virsh 'shutdown", start: x}}""",
+    )
+    path = str(write(tmp_path, text))
+    power = Power(seed, from_file(Path(path), seed), path)
+    assert not power.available("web2")
+    with pytest.raises(PowerError, match=r"web2: power\.stop: cannot read"):
+        power.command("stop", "web2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from provision import PROJECT_ROOT, STATE_DIR, dbcluster, engine, inventory, topology
 from provision.ops.common import TaskError, endpoints, load
@@ -22,7 +23,7 @@ def deploy(
         raise TaskError(f"--only: {', '.join(unknown)} not in topology {topo.name!r}")
     eps = endpoints(topo, inventory_file)
     print(
-        f"Deploying topology {topo.name!r} ({topo.path.relative_to(PROJECT_ROOT)}) to "
+        f"Deploying topology {topo.name!r} ({os.path.relpath(topo.path, PROJECT_ROOT)}) to "
         f"{len(only_hosts) or len(topo.hosts)} hosts.",
         flush=True,
     )

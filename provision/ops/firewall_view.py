@@ -17,7 +17,7 @@ def show(topology_name: str | None, inventory_file: str | None) -> None:
     def fetch(host: topology.Host) -> tuple[str, str]:
         try:
             with engine.Remote(host, eps[host.name]) as remote:
-                out = remote.run("iptables -S INPUT; echo; iptables -S INPUT | head -1").stdout
+                out = remote.run("iptables -S INPUT").stdout
         except Exception as exc:
             return host.name, f"ERROR {type(exc).__name__}: {exc}"
         return host.name, out

@@ -96,14 +96,13 @@ def export_inventory(topo: topology.Topology) -> str:
                 "start": f"docker start {container}",
             },
         }
-    lb = topo.with_role("lb")[0]
+    try:  # docker's published ports, or the balancers' floating address
+        site = inventory.vagrant_site_entry(topo)
+    except inventory.InventoryError as exc:
+        raise TaskError(str(exc)) from None
     data = {
         "hosts": hosts,
-        "site": {  # docker's published ports (the topology's forwards)
-            "address": "127.0.0.1",
-            "https": topo.forwarded(lb, "site-https"),
-            "http": topo.forwarded(lb, "site-http"),
-        },
+        "site": {"address": site.address, "https": site.https, "http": site.http},
     }
     header = (
         f"# Inventory of the running machines of topology {topo.name}, reached without Vagrant\n"

@@ -6,7 +6,7 @@ import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from provision import STATE_DIR, dbcluster, engine, inventory, layout, topology
+from provision import STATE_DIR, engine, inventory, layout, topology
 from provision.ops import db as dbops
 from provision.ops.common import load
 
@@ -56,8 +56,7 @@ def status(topology_name: str | None, inventory_file: str | None) -> list[HostSt
         svc = "  ".join(f"{u}={'up' if s == 'active' else s}" for u, s in st.services.items())
         print(f"  {st.name:<10} {st.roles:<22} {'up':<5} {svc}")
     if topo.in_tier("db") and any(r.reachable for r in results):
-        print("Database nodes:")
-        print("\n".join(dbops.status_lines(dbcluster.states(topo, eps))))
+        dbops.print_status(topo, eps)
     return results
 
 
@@ -76,16 +75,30 @@ def endpoint_lines(topo: topology.Topology, inventory_file: str | None = None) -
         )
         lines.append(f"  Site (HTTP):    {entry.url('http')}/  (redirects to HTTPS)")
     site_ports = {topo.port("site-https"), topo.port("site-http")}
-    for host in topo:
-        for guest, local in host.forward.items():
-            if host.has_role("lb") and guest in site_ports:
-                continue
-            if host.has_role("monitor") and guest == topo.port("prometheus"):
-                lines.append(f"  Dashboard:      http://127.0.0.1:{local}/consoles/testbed.html")
-                lines.append(f"  Prometheus:     http://127.0.0.1:{local}/   (alerts: /alerts)")
-                continue
-            lines.append(f"  {host.name} port {guest}: http://127.0.0.1:{local}/")
-    lines.append("  SSH:            vagrant ssh <host>   (hosts: " + ", ".join(topo.hosts) + ")")
+    if inventory.selected(inventory_file):
+        for mon in topo.with_role("monitor")[:1]:
+            address, port = inventory.service_entry(topo, mon.name, "prometheus", inventory_file)
+            lines.append(f"  Dashboard:      http://{address}:{port}/consoles/testbed.html")
+            lines.append(f"  Prometheus:     http://{address}:{port}/   (alerts: /alerts)")
+        eps = inventory.load(topo, inventory_file)
+        for host in topo:
+            ep = eps[host.name]
+            lines.append(f"  SSH {host.name + ':':<10} ssh -p {ep.port} {ep.user}@{ep.hostname}")
+    else:
+        for host in topo:
+            for guest, local in host.forward.items():
+                if host.has_role("lb") and guest in site_ports:
+                    continue
+                if host.has_role("monitor") and guest == topo.port("prometheus"):
+                    lines.append(
+                        f"  Dashboard:      http://127.0.0.1:{local}/consoles/testbed.html"
+                    )
+                    lines.append(f"  Prometheus:     http://127.0.0.1:{local}/   (alerts: /alerts)")
+                    continue
+                lines.append(f"  {host.name} port {guest}: http://127.0.0.1:{local}/")
+        lines.append(
+            "  SSH:            vagrant ssh <host>   (hosts: " + ", ".join(topo.hosts) + ")"
+        )
     ca = STATE_DIR / "secrets" / "ca.crt"
     if ca.exists():
         lines.append(f"  Testbed CA:     {ca}")

@@ -10,6 +10,7 @@ from provision.roles import lb
 def tls_renew(topology_name: str | None, inventory_file: str | None) -> engine.Report:
     """Issue a new site certificate and install it on the load balancers (HAProxy reload)."""
     topo = load(topology_name)
+    eps = endpoints(topo, inventory_file)  # a bad inventory stops here, before the renewal
     old = site.site_certificate(topo).cert.serial_number
     new = site.site_certificate(topo, renew=True).cert
     print(
@@ -17,7 +18,6 @@ def tls_renew(topology_name: str | None, inventory_file: str | None) -> engine.R
         f"valid until {new.not_valid_after_utc:%Y-%m-%d}.",
         flush=True,
     )
-    eps = endpoints(topo, inventory_file)
     lbs = [h.name for h in topo.with_role("lb")]
     report = engine.deploy(topo, eps, [lb.ROLE], only_hosts=lbs)
     print(engine.summary(report), flush=True)

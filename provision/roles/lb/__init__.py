@@ -134,7 +134,10 @@ def keepalived_steps(ctx: HostContext) -> list[Step]:
         return []
     vip = vips[0]
     lbs = topo.with_role("lb")
-    vrrp_net = "private" if "private" in host.addresses else vip.network
+    shared = [n for n in host.addresses if all(n in p.addresses for p in lbs)]
+    if not shared:
+        raise StepError(f"{host.name}: the load balancers share no network to run VRRP on")
+    vrrp_net = "private" if "private" in shared else shared[0]
     own = str(host.addresses[vrrp_net])
     vrrp_if, vip_if = (
         interface_of(ctx.facts, own),

@@ -143,9 +143,16 @@ class Agent:
         self.enforcing = False
         self.timeouts = 0
         self.next_poll = 0.0
+        self.poll_lock = threading.Lock()
+        """One poll at a time: a lease request waits for the running poll, rather than
+        counting it as stuck (STUCK_QUERY) and backing off."""
 
     # --- reading MariaDB -------------------------------------------------------------
     def read(self):
+        with self.poll_lock:
+            return self._read()
+
+    def _read(self):
         started = time.monotonic()
         with self.lock:
             if started < self.next_poll:  # backing off: the last answer stands
