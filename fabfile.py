@@ -230,6 +230,9 @@ def db_restore(
         "peers": "partition/loss/delay: comma-separated hosts or roles to cut the target "
         "from (default: db target -> the other db nodes and the monitor; web/app -> the "
         "load balancers; lb -> the web hosts)",
+        "side": "partition/loss: hosts or roles cut off together with the target, a split in "
+        "two groups (e.g. --target db-primary --side db3 --peers monitor,db2); the side "
+        "keeps talking to itself",
         "loss": "loss: share of packets dropped, 0 < P < 1 (default 0.3)",
         "warmup": "seconds of load before the fault (default 8)",
         "settle": "seconds of load kept after the cluster settled (default 10)",
@@ -250,6 +253,7 @@ def drill(
     settle: float = 10.0,
     topology: str = "",
     inventory: str = "",
+    side: str = "",
 ) -> None:
     """Run a fault drill under load, heal it, check the history: fab drill FAULT --target T.
 
@@ -270,6 +274,7 @@ def drill(
                  heal: SIGCONT.
       partition  iptables DROP between the target and --peers, both directions, in a DRILL
                  chain on the target (SSH untouched); probes prove the cut and the heal.
+                 With --side, more hosts are cut off with the target (two groups).
       loss       the same links, random drop of --loss of the packets.
       delay      tc netem: this kernel has none, so it says so and exits 2.
       deploy     stop the target's MariaDB, run `fab deploy` as a user would, record its
@@ -294,6 +299,7 @@ def drill(
             settle=settle,
             topology=topology,
             inventory=inventory,
+            side=side,
         )
     except runner.DrillError as exc:
         raise Exit(f"drill: {exc}", code=2) from None

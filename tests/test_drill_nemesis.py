@@ -48,6 +48,7 @@ def test_defaults_are_valid_for_every_fault() -> None:
         ("kill", {"warmup": 1}, "--warmup"),
         ("kill", {"settle": -1}, "--settle"),
         ("kill", {"peers": "lb1"}, "--peers applies only to partition, loss, delay"),
+        ("pause", {"side": "db3"}, "--side applies only to partition and loss, not pause"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_option_named(
@@ -133,6 +134,26 @@ def test_expectations_follow_what_the_fault_touches(seed: topology.Topology) -> 
         "web_fault": True,
     }
     assert nemesis.expectations(seed, "partition", primary, ["web2", "monitor"]) == {
+        "db_fault": True,
+        "web_fault": False,
+    }
+
+
+def test_a_split_in_two_groups_is_a_database_fault_through_the_side_too() -> None:
+    # hardened: db1 (primary) and db3 cut off together from the monitor and db2. The target
+    # alone with those peers touches the database tier; the side's links count as well.
+    hardened = topology.load("hardened", {})
+    db1 = Target("db1", "db-primary", "db-primary")
+    web = Target("web1", "web", "web1")
+    assert nemesis.expectations(hardened, "partition", web, ["monitor"]) == {
+        "db_fault": False,
+        "web_fault": False,
+    }
+    assert nemesis.expectations(hardened, "partition", web, ["monitor"], side=["db3"]) == {
+        "db_fault": True,
+        "web_fault": False,
+    }
+    assert nemesis.expectations(hardened, "partition", db1, ["monitor", "db2"], ["db3"]) == {
         "db_fault": True,
         "web_fault": False,
     }

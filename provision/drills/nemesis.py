@@ -87,6 +87,7 @@ def validate(
     warmup: float,
     settle: float,
     peers: str,
+    side: str = "",
 ) -> None:
     """Refuse a drill whose arguments make no sense, before anything is touched."""
     if fault not in FAULTS:
@@ -101,6 +102,10 @@ def validate(
         (
             not peers or fault in NETWORK_FAULTS,
             f"--peers applies only to {', '.join(NETWORK_FAULTS)}, not {fault}",
+        ),
+        (
+            not side or fault in ("partition", "loss"),
+            f"--side applies only to partition and loss, not {fault}",
         ),
     ]
     for ok, problem in checks:
@@ -217,7 +222,7 @@ def parse_peers(
 
 
 def expectations(
-    topo: Topology, fault: str, target: Target, peers: Sequence[str]
+    topo: Topology, fault: str, target: Target, peers: Sequence[str], side: Sequence[str] = ()
 ) -> dict[str, bool]:
     """Which tier the fault hits (drill.json `expect`): it decides what the checker holds.
 
@@ -237,10 +242,11 @@ def expectations(
     if fault in NETWORK_FAULTS:
         db_side = (*DB_ROLES, "app", "monitor")
         db = web = False
-        for peer in (topo.hosts[p] for p in peers):
-            for a, b in ((host, peer), (peer, host)):
-                db |= has(a, DB_ROLES) and has(b, db_side)
-                web |= a.has_role("lb") and has(b, ("web", "app"))
+        for member in [host, *(topo.hosts[h] for h in side)]:
+            for peer in (topo.hosts[p] for p in peers):
+                for a, b in ((member, peer), (peer, member)):
+                    db |= has(a, DB_ROLES) and has(b, db_side)
+                    web |= a.has_role("lb") and has(b, ("web", "app"))
         return {"db_fault": db, "web_fault": web}
     return {"db_fault": target.role in DB_ROLES, "web_fault": target.role in WEB_ROLES}
 
@@ -529,37 +535,51 @@ class Pause(Fault):
 
 @dataclass
 class Partition(Fault):
-    """`loss` is None for a partition (drop everything), else the drop probability."""
+    """`loss` is None for a partition (drop everything), else the drop probability.
+
+    `side`: more hosts cut off together with the target (`--side`), for a split of the
+    cluster in two groups rather than one host alone: every member of the target's side
+    gets the DRILL chain against every peer, and they still talk to each other."""
 
     loss: float | None = None
     name: str = "partition"
     baseline: dict[str, str] = field(default_factory=dict)
+    side: list[str] = field(default_factory=list)
+
+    @property
+    def members(self) -> list[str]:
+        return [self.host, *self.side]
+
+    def links_of(self, member: str) -> list[Link]:
+        return links(self.machines.topo, member, self.peers)
 
     @property
     def links(self) -> list[Link]:
-        return links(self.machines.topo, self.host, self.peers)
+        return [lk for m in self.members for lk in self.links_of(m)]
 
     def _probe_all(self, step: str) -> dict[str, str]:
         results = {}
-        for probe in probes(self.machines.topo, self.host, self.peers):
-            rc, out = self.machines.run(probe.source, step, probe_command(probe), check=False)
-            key = f"{probe.source}->{probe.dest} {probe.address}:{probe.port}"
-            results[key] = probe_result(rc, out)
+        for member in self.members:
+            for probe in probes(self.machines.topo, member, self.peers):
+                rc, out = self.machines.run(probe.source, step, probe_command(probe), check=False)
+                key = f"{probe.source}->{probe.dest} {probe.address}:{probe.port}"
+                results[key] = probe_result(rc, out)
         return results
 
     def preflight(self) -> None:
-        facts = self.machines.get(self.host).facts()
-        if cuts_management(self.links, facts["ssh_client"]):
-            raise DrillError(
-                f"preflight on {self.host}: SSH arrives from {facts['ssh_client']}, one of the "
-                "addresses the fault would cut; refusing (the heal could not reach it)"
+        for member in self.members:
+            facts = self.machines.get(member).facts()
+            if cuts_management(self.links_of(member), facts["ssh_client"]):
+                raise DrillError(
+                    f"preflight on {member}: SSH arrives from {facts['ssh_client']}, one of "
+                    "the addresses the fault would cut; refusing (the heal could not reach it)"
+                )
+            rc, out = self.machines.run(
+                member, "preflight (iptables)", "iptables -w -S INPUT 1", check=False
             )
-        rc, out = self.machines.run(
-            self.host, "preflight (iptables)", "iptables -w -S INPUT 1", check=False
-        )
-        if rc != 0:
-            raise DrillError(f"preflight on {self.host}: iptables does not work: {out}")
-        self.machines.run(self.host, "preflight (no leftover DRILL chain)", remove_script())
+            if rc != 0:
+                raise DrillError(f"preflight on {member}: iptables does not work: {out}")
+            self.machines.run(member, "preflight (no leftover DRILL chain)", remove_script())
         if self.loss is None:
             self.baseline = self._probe_all("preflight (probe before the cut)")
             blocked = {k: v for k, v in self.baseline.items() if v not in ("open", "refused")}
@@ -569,48 +589,55 @@ class Partition(Fault):
                 )
 
     def inject(self) -> str:
-        rules = chain_rules(self.links, self.loss)
-        self.machines.run(self.host, f"inject ({self.name}: iptables)", install_script(rules))
+        count = 0
+        for member in self.members:
+            rules = chain_rules(self.links_of(member), self.loss)
+            self.machines.run(member, f"inject ({self.name}: iptables)", install_script(rules))
+            count += len(rules)
         self.applied()
-        peers = ", ".join(f"{lk.peer} {lk.peer_address}" for lk in self.links)
+        where = " and ".join(self.members)
+        peers = ", ".join(dict.fromkeys(f"{lk.peer} {lk.peer_address}" for lk in self.links))
         if self.loss is not None:
             return (
-                f"iptables chain {CHAIN} on {self.host}: drop {self.loss:g} of packets "
-                f"to/from {peers} ({len(rules)} rules)"
+                f"iptables chain {CHAIN} on {where}: drop {self.loss:g} of packets "
+                f"to/from {peers} ({count} rules)"
             )
         seen = self._probe_all("inject (probe during the cut)")
         not_cut = {k: v for k, v in seen.items() if v != "cut"}
         if not_cut:
             raise DrillError(
-                f"inject (partition) on {self.host}: the cut is not real, "
+                f"inject (partition) on {where}: the cut is not real, "
                 f"probes still get through: {not_cut}"
             )
         shown = "; ".join(f"{k} {v}" for k, v in seen.items()) or "no probe possible"
         return (
-            f"iptables chain {CHAIN} on {self.host}: drop all to/from {peers} "
-            f"({len(rules)} rules); probes: {shown}"
+            f"iptables chain {CHAIN} on {where}: drop all to/from {peers} "
+            f"({count} rules); probes: {shown}"
         )
 
     def heal(self) -> str:
-        _, listing = self.machines.run(
-            self.host, "heal (read counters)", f"iptables -w -nvxL {CHAIN}", check=False
-        )
-        self.machines.run(self.host, f"heal ({self.name}: remove {CHAIN})", remove_script())
-        dropped = dropped_packets(listing)
+        dropped = 0
+        for member in self.members:
+            _, listing = self.machines.run(
+                member, "heal (read counters)", f"iptables -w -nvxL {CHAIN}", check=False
+            )
+            self.machines.run(member, f"heal ({self.name}: remove {CHAIN})", remove_script())
+            dropped += dropped_packets(listing)
+        where = " and ".join(self.members)
         if self.loss is not None:
-            return f"removed {CHAIN} on {self.host} ({dropped} packets dropped)"
+            return f"removed {CHAIN} on {where} ({dropped} packets dropped)"
         seen = self._probe_all("heal (probe after the heal)")
         still = {k: v for k, v in seen.items() if v not in ("open", "refused")}
         if still:
             raise DrillError(
-                f"heal (partition) on {self.host}: chain removed but probes still fail: {still}"
+                f"heal (partition) on {where}: chain removed but probes still fail: {still}"
             )
         shown = "; ".join(f"{k} {v}" for k, v in seen.items()) or "no probe possible"
-        return f"removed {CHAIN} on {self.host} ({dropped} packets dropped); probes: {shown}"
+        return f"removed {CHAIN} on {where} ({dropped} packets dropped); probes: {shown}"
 
     def heal_hint(self) -> str:
         script = "sudo sh -c " + shlex.quote(remove_script())
-        return f"vagrant ssh {self.host} -c {shlex.quote(script)}"
+        return "; ".join(f"vagrant ssh {m} -c {shlex.quote(script)}" for m in self.members)
 
 
 @dataclass
@@ -780,17 +807,19 @@ def make(
     folder: Path = PROJECT_ROOT,
     topology_arg: str = "",
     inventory: str = "",
+    side: Sequence[str] = (),
 ) -> Fault:
-    """The fault object for `fault`, aimed at `target` (and `peers`, for network faults)."""
+    """The fault object for `fault`, aimed at `target` (and `peers`, for network faults;
+    `side`: hosts a partition or loss cuts off together with the target)."""
     m, t, p = machines, target, list(peers)
     if fault == "kill":
         return Kill(m, t, p, emit)
     if fault == "pause":
         return Pause(m, t, p, emit)
     if fault == "partition":
-        return Partition(m, t, p, emit)
+        return Partition(m, t, p, emit, side=list(side))
     if fault == "loss":
-        return Partition(m, t, p, emit, name="loss", loss=loss)
+        return Partition(m, t, p, emit, name="loss", loss=loss, side=list(side))
     if fault == "delay":
         return Delay(m, t, p, emit)
     if fault == "stop":

@@ -365,6 +365,7 @@ def run(
     settle: float = 10.0,
     topology: str = "",
     inventory: str = "",
+    side: str = "",
 ) -> bool:
     """Run one drill; True when the checker passes it. DrillError when it could not run."""
     say = Progress()
@@ -377,6 +378,7 @@ def run(
         warmup=warmup,
         settle=settle,
         peers=peers,
+        side=side,
     )
     if not target:
         raise DrillError("give --target: a host name or a role (db-primary, db-replica, web, lb)")
@@ -390,7 +392,7 @@ def run(
     try:
         try:
             drill = _preflight(
-                fault, target, peers, loss, topo, eps, machines, say, topology, inventory
+                fault, target, peers, loss, topo, eps, machines, say, topology, inventory, side
             )
         except DrillError as exc:
             text = str(exc)
@@ -414,6 +416,7 @@ def _preflight(
     say: Progress,
     topology_arg: str,
     inventory: str,
+    side_spec: str = "",
 ) -> Drill:
     say(f"preflight: SSH to every host of topology {topo.name!r}")
     with ThreadPoolExecutor(max_workers=len(topo.hosts)) as pool:
@@ -437,15 +440,25 @@ def _preflight(
             f"preflight: database cluster: {problem}" if problem else str(exc)
         ) from None
     peers: list[str] = []
+    side: list[str] = []
     if fault in nemesis.NETWORK_FAULTS:
+        if side_spec:
+            side = nemesis.parse_peers(topo, side_spec, target, primary, replicas)
         peers = (
             nemesis.parse_peers(topo, peers_spec, target, primary, replicas)
             if peers_spec
             else nemesis.default_peers(topo, target)
         )
+        both = sorted(set(side) & set(peers))
+        if both and peers_spec:
+            raise DrillError(f"--side and --peers both name {', '.join(both)}")
+        peers = [p for p in peers if p not in side]
+        if not peers:
+            raise DrillError("no peer left to cut once --side is taken out of the peers")
     say(
         f"preflight: target {target.host} as {target.role}"
         + (f" (asked: {target.asked})" if target.asked != target.host else "")
+        + (f", with {', '.join(side)} on its side" if side else "")
         + (f", peers {', '.join(peers)}" if peers else "")
     )
     ca = STATE_DIR / "secrets" / "ca.crt"
@@ -461,8 +474,9 @@ def _preflight(
         "target_roles": list(topo.hosts[target.host].roles),
         "topology": topo.name,
         "settle_after": None,
-        "expect": nemesis.expectations(topo, fault, target, peers),
+        "expect": nemesis.expectations(topo, fault, target, peers, side),
         "peers": peers,
+        "side": side,
         "deploy_exit": None,
         "primary_before": primary,
         "started": now.isoformat(timespec="seconds"),
@@ -481,6 +495,7 @@ def _preflight(
         folder=folder,
         topology_arg=topology_arg,
         inventory=inventory,
+        side=side,
     )
     # Whether the fault can run here at all comes first: "no netem on this kernel" is
     # the answer to a delay drill whatever state the database is in.

@@ -9,17 +9,23 @@ a failover, as docs/database.md describes them:
   renewal has succeeded for the whole lease (3 s) is the primary suspect, or sooner when
   the primary's own agent says MariaDB is down or restarted read-only (a witness on the
   host itself, twice in a row).
-* Second witness. A suspect primary is failed over only when the replica no longer
-  receives from it either (or its own agent says it is down). While a replica still
-  receives, the primary is alive and keeps its lease through that replica: it is the
-  controller that is cut off, and nothing is done.
+* Second witness. A suspect primary is failed over only when no replica receives from
+  it either (or its own agent says it is down). While a replica still receives, the
+  primary is alive and keeps its lease through that replica: it is the controller that is
+  cut off, and nothing is done. With more than one replica, every one of them must answer
+  the controller: a replica it cannot reach may be on the primary's side of a partition,
+  vouching for it (and acknowledging its writes), so promoting another would make two
+  writers. The controller then waits; safety before availability.
 * Reaction and fencing. The old primary is fenced before the new one may take writes:
   through its agent when it answers (the agent drops it from every writer endpoint at
   once, ends the app's sessions and sets read_only, even if MariaDB is paused: then the
   moment it resumes), and in any case by time: the candidate stops receiving (so it no
   longer vouches for the old primary), and the controller waits until the old primary's
   lease has certainly run out (lease + margin); an old primary cut off from everyone has
-  fenced itself by then. Promotion is refused when the old primary's last renewal showed
+  fenced itself by then. Every replica stops receiving before the candidate is chosen,
+  and the candidate is the one that *received* the most (Gtid_IO_Pos), not the one that
+  applied the most: semi-sync acknowledges on receipt, so an acknowledged write may sit
+  only in one replica's relay log. Promotion is refused when the old primary's last renewal showed
   semi-sync off (acknowledged writes may exist only there): the operator decides
   (`fab db.failover --force`).
 * Service discovery. The new primary gets a lease in a new epoch; the writer endpoints
@@ -215,6 +221,14 @@ class Controller:
                       reason=f"{', '.join(receiving)} still receives from {p}: it is alive; "
                       "the controller may be the one cut off")  # fmt: skip
             return
+        unheard = [n for n in self.nodes if n != p and states.get(n) is None]
+        if unheard and not host_says_dead:
+            why = (
+                f"{', '.join(unheard)} cannot be reached: it may receive from {p} and "
+                "keep it writable; promoting another would make two writers"
+            )
+            self.once(f"unheard:{','.join(unheard)}", "not-promoting", reason=why)
+            return
         if self.semisync != "ON":
             self.once("semisync", "not-promoting",
                       reason=f"{p}'s last renewal showed semi-sync {self.semisync}: "
@@ -224,59 +238,68 @@ class Controller:
         if not replicas:
             self.once("no-replica", "not-promoting", reason=f"no replica of {p} answers")
             return
-        best = max(replicas, key=lambda n: seq(states[n].get("gtid_current_pos", "")))
-        self.failover(p, best, own is not None, now)
+        self.failover(p, replicas, own is not None, now)
 
-    def failover(self, old, new, agent_answers, seen):
+    def failover(self, old, replicas, agent_answers, seen):
         started = self.suspect_since or seen
         t = lambda: round(time.monotonic() - started, 3)  # noqa: E731
-        log("promoting", old=old, new=new, t=t())
+        log("promoting", old=old, replicas=replicas, t=t())
         fenced_at = None
         if agent_answers:
             code, _ = self.post(old, "/fence", epoch=self.epoch + 1,
-                                reason=f"failover to {new} (epoch {self.epoch + 1})")  # fmt: skip
+                                reason=f"failover (epoch {self.epoch + 1})")  # fmt: skip
             if code == 200:
                 fenced_at = time.monotonic()
                 log("fenced", node=old, by="its agent", t=t())
+        stopped = []
         try:
-            self.promote(old, new, fenced_at, t)
-        except Exception as exc:
-            # Leave the candidate receiving again; the next round starts over.
-            log("not-promoting", reason=f"promotion of {new} failed: {exc}"[:300], t=t())
-            try:
-                self.sql(new, "START SLAVE IO_THREAD")
-            except Exception as again:
-                log("error", error=f"restarting {new}'s IO thread: {again}"[:300])
-
-    def promote(self, old, new, fenced_at, t):
-        # MariaDB answers STOP SLAVE only once the IO thread gives up its connection
-        # attempt to a silent primary: seconds, more than the default 5 s budget at worst.
-        self.sql(new, "STOP SLAVE IO_THREAD", timeout=20)
-        io_stopped = time.monotonic()
-        log("receiving-stopped", node=new, t=t())
-        received = ""
-        for line in self.sql(new, "SHOW SLAVE STATUS\\G", names=True).splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Gtid_IO_Pos":
-                received = value.strip()
-        if not received:
-            # Never promote without knowing what was received: the relay log is discarded.
-            log("not-promoting", reason=f"cannot read what {new} received")
-            self.sql(new, "START SLAVE IO_THREAD")
-            return
-        if received:
-            out = self.sql(new, f"SELECT MASTER_GTID_WAIT('{received}', 30)", 35).split()
-            if out[-1:] != ["0"]:
-                log("not-promoting", reason=f"{new} did not apply up to {received}")
-                self.sql(new, "START SLAVE IO_THREAD")
+            received, io_stopped = self.stop_receiving(replicas, stopped, t)
+            new = max(received, key=lambda n: (seq(received[n]), n == replicas[0]))
+            log("candidate", node=new, received={n: received[n] for n in received}, t=t())
+            if self.promote(old, new, received[new], fenced_at, io_stopped, t):
                 return
+        except Exception as exc:
+            log("not-promoting", reason=f"promotion failed: {exc}"[:300], t=t())
+        # Leave every replica receiving again; the next round starts over.
+        for n in stopped:
+            try:
+                self.sql(n, "START SLAVE IO_THREAD")
+            except Exception as again:
+                log("error", error=f"restarting {n}'s IO thread: {again}"[:300])
+
+    def stop_receiving(self, replicas, stopped, t):
+        """Stop every replica's IO thread (none vouches for the old primary any more) and
+        read what each received. Raises if any of them cannot be stopped or read."""
+        received = {}
+        for n in replicas:
+            # MariaDB answers STOP SLAVE only once the IO thread gives up its connection
+            # attempt to a silent primary: seconds, more than the default 5 s budget.
+            self.sql(n, "STOP SLAVE IO_THREAD", timeout=20)
+            stopped.append(n)
+        io_stopped = time.monotonic()
+        log("receiving-stopped", nodes=stopped, t=t())
+        for n in replicas:
+            for line in self.sql(n, "SHOW SLAVE STATUS\\G", names=True).splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "Gtid_IO_Pos":
+                    received[n] = value.strip()
+            if not received.get(n):
+                # Never promote without knowing what was received: the relay log goes.
+                raise RuntimeError(f"cannot read what {n} received")
+        return received, io_stopped
+
+    def promote(self, old, new, received, fenced_at, io_stopped, t):
+        out = self.sql(new, f"SELECT MASTER_GTID_WAIT('{received}', 30)", 35).split()
+        if out[-1:] != ["0"]:
+            log("not-promoting", reason=f"{new} did not apply up to {received}")
+            return False
         log("relay-log-applied", node=new, gtid=received, t=t())
         if fenced_at is not None:
             # Every writer endpoint checks twice a second: after this, none sends to `old`.
             ready = fenced_at + self.cfg["writer_check_window"]
         else:
             # Fenced by time: `old` held its lease at most lease_seconds after the last
-            # renewal by this controller or a vouch by `new`, whichever came later.
+            # renewal by this controller or a vouch by a replica, whichever came later.
             ready = max(self.last_renewal, io_stopped) + self.cfg["lease_seconds"]
             ready += self.cfg["fence_margin"]
             log("fencing-by-lease", node=old, wait_s=round(max(ready - time.monotonic(), 0), 2))
@@ -298,17 +321,24 @@ class Controller:
             else "lease", fault_to_promotion_s=promoted, fault_to_lease_s=t())  # fmt: skip
         self.repoint_others(old, new)
         self.suspect_since, self.said = None, set()
+        return True
 
     def repoint_others(self, old, new):
-        """Replicas of the old primary (three or more db nodes) follow the new one."""
+        """Replicas of the old primary (three or more db nodes) follow the new one.
+
+        Semi-sync is switched on at the new primary first: a replica negotiates it when its
+        IO thread connects, so one that connected before would stay asynchronous."""
         address, old_address = self.nodes[new]["address"], self.nodes[old]["address"]
+        others = [
+            n for n in self.nodes
+            if n not in (old, new)
+            and (self.get_state(n) or {}).get("replicating_from") == old_address
+        ]  # fmt: skip
+        if not others:
+            return
+        self.sql(new, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
         moved = []
-        for n in self.nodes:
-            if n in (old, new):
-                continue
-            st = self.get_state(n) or {}
-            if st.get("replicating_from") != old_address:
-                continue
+        for n in others:
             try:
                 self.sql(n, "SET GLOBAL rpl_semi_sync_master_enabled = OFF; STOP SLAVE; "
                          f"CHANGE MASTER TO MASTER_HOST = '{address}', "
@@ -316,9 +346,11 @@ class Controller:
                 moved.append(n)
             except RuntimeError as exc:
                 log("error", error=str(exc))
-        if moved:
-            self.sql(new, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
-            log("replicas-follow", primary=new, replicas=moved)
+        if not moved:
+            # Nobody to acknowledge: commits would wait for the semi-sync timeout.
+            self.sql(new, "SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+            return
+        log("replicas-follow", primary=new, replicas=moved)
 
     def adopt(self, name, why):
         self.epoch += 1
