@@ -81,6 +81,7 @@ class Drill:
     )
     settle_after: float | None = T0 + 12
     web_fault: bool = False
+    lb_fault: bool = False
 
     def sample(self, at: float, **writable: bool | None) -> None:
         self.samples += [Sample(T0 + at, node, w) for node, w in writable.items()]
@@ -106,7 +107,11 @@ class Drill:
                 users=10,
                 rate=2.0,
                 settle_after=self.settle_after,
-                expect=Expectation(db_fault=not self.web_fault, web_fault=self.web_fault),
+                expect=Expectation(
+                    db_fault=not (self.web_fault or self.lb_fault),
+                    web_fault=self.web_fault or self.lb_fault,
+                    lb_fault=self.lb_fault,
+                ),
             ),
         )
 
@@ -377,6 +382,54 @@ def test_a_failed_get_during_a_web_fault_fails_the_check() -> None:
     d.ops.append(get(2.0, "list", status=503))
     verdict = check(d.history())
     assert names_failed(verdict) == ["reads_answer", "gets_answer_during_web_fault"]
+
+
+def front_door_drill() -> Drill:
+    """A balancer killed at t=0: writes and GETs every 0.1 s to t=40, none failed yet."""
+    d = Drill(lb_fault=True, primary="web1", final_writable=["web1"])
+    d.events = [
+        Event(T0 - 10, "warmup-start"),
+        Event(T0, "fault-start"),
+        Event(T0 + 8, "fault-end"),
+    ]
+    for i in range(500):
+        t = -10 + i * 0.1
+        d.ops.append(write(t, f"drill-l {i}", db="web1"))
+        d.present("web1", f"drill-l {i}")
+        d.ops.append(get(t + 0.05, "page"))
+        d.sample(t, web1=True, web2=False)
+    return d
+
+
+def test_a_balancer_drill_is_held_to_the_bound_not_to_no_failed_get() -> None:
+    d = front_door_drill()
+    # Four requests of 1004 fail around the fault (0.4 %), a page among them.
+    d.ops += [get(0.31, "page", status=503), get(0.32, "health", status=503)]
+    d.ops += [get(0.33, "list", status=503), write(0.34, "drill-x", outcome="fail")]
+    verdict = check(d.history())
+    names = [inv.name for inv in verdict.invariants]
+    assert names == [*list(TITLES)[:4], "front_door_failover_bounded"]
+    assert verdict.ok, [(i.name, i.evidence) for i in verdict.failed]
+    assert (
+        "4 of 1004 requests failed (0.40 %"
+        in verdict.invariant("front_door_failover_bounded").evidence
+    )
+
+
+def test_a_balancer_drill_fails_above_half_a_percent_of_failed_requests() -> None:
+    d = front_door_drill()
+    d.ops += [get(0.3 + i / 100, "page", status=503) for i in range(6)]  # 6 of 1006: 0.6 %
+    assert names_failed(check(d.history())) == ["front_door_failover_bounded"]
+
+
+def test_a_balancer_drill_fails_on_a_gap_over_three_seconds() -> None:
+    d = front_door_drill()
+    # Nothing completes from t=1 to t=4.2 (requests hung, none failed): a 3.2 s gap.
+    d.ops = [op for op in d.ops if not (1.0 < op.end - T0 < 4.2)]
+    d.counts["web1"] = {op.text: 1 for op in d.ops if op.is_write}
+    verdict = check(d.history())
+    assert names_failed(verdict) == ["front_door_failover_bounded"]
+    assert "3.2" in verdict.invariant("front_door_failover_bounded").evidence
 
 
 def test_write_outage_is_measured_from_the_last_ack_before_to_the_first_ack_after() -> None:

@@ -121,21 +121,32 @@ def test_default_and_given_peers(seed: topology.Topology) -> None:
 def test_expectations_follow_what_the_fault_touches(seed: topology.Topology) -> None:
     web2 = Target("web2", "web", "web2")
     primary = Target("web1", "db-primary", "db-primary")
-    assert nemesis.expectations(seed, "kill", web2, []) == {"db_fault": False, "web_fault": True}
+    assert nemesis.expectations(seed, "kill", web2, []) == {
+        "db_fault": False,
+        "web_fault": True,
+        "lb_fault": False,
+    }
     assert nemesis.expectations(seed, "pause", primary, []) == {
         "db_fault": True,
         "web_fault": False,
+        "lb_fault": False,
     }
     # A machine stop takes every tier the machine runs.
-    assert nemesis.expectations(seed, "stop", web2, []) == {"db_fault": True, "web_fault": True}
+    assert nemesis.expectations(seed, "stop", web2, []) == {
+        "db_fault": True,
+        "web_fault": True,
+        "lb_fault": False,
+    }
     # A network fault: the tiers whose traffic crosses a cut link.
     assert nemesis.expectations(seed, "partition", web2, ["lb1"]) == {
         "db_fault": False,
         "web_fault": True,
+        "lb_fault": False,
     }
     assert nemesis.expectations(seed, "partition", primary, ["web2", "monitor"]) == {
         "db_fault": True,
         "web_fault": False,
+        "lb_fault": False,
     }
 
 
@@ -148,15 +159,28 @@ def test_a_split_in_two_groups_is_a_database_fault_through_the_side_too() -> Non
     assert nemesis.expectations(hardened, "partition", web, ["monitor"]) == {
         "db_fault": False,
         "web_fault": False,
+        "lb_fault": False,
     }
     assert nemesis.expectations(hardened, "partition", web, ["monitor"], side=["db3"]) == {
         "db_fault": True,
         "web_fault": False,
+        "lb_fault": False,
     }
     assert nemesis.expectations(hardened, "partition", db1, ["monitor", "db2"], ["db3"]) == {
         "db_fault": True,
         "web_fault": False,
+        "lb_fault": False,
     }
+
+
+def test_a_balancer_fault_is_held_to_the_front_door_bound(seed: topology.Topology) -> None:
+    lb = Target("lb1", "lb", "lb")
+    assert nemesis.expectations(seed, "kill", lb, [])["lb_fault"] is True
+    assert nemesis.expectations(seed, "stop", Target("lb1", "lb", "lb1"), [])["lb_fault"] is True
+    assert nemesis.expectations(seed, "partition", lb, ["web1"])["lb_fault"] is True
+    assert (
+        nemesis.expectations(seed, "stop", Target("web2", "web", "web2"), [])["lb_fault"] is False
+    )
 
 
 # --------------------------------------------------------------------------- iptables

@@ -34,8 +34,16 @@ The invariants, by their stable names:
     Only for a web-tier drill (drill.json ``expect.web_fault``): no GET of any kind (those
     of an unexpected kind such as ``other`` included) fails.
     Other drills omit it rather than report a check that was not made.
+``front_door_failover_bounded``
+    Only for a load-balancer drill (``expect.lb_fault``: its haproxy, machine or links),
+    in place of the three "never fails" invariants above: a client's connection to the
+    balancer that dies is cut, whatever the design, so the promise is a bound. At most
+    ``LB_MAX_FAILED_SHARE`` (0.5 %) of the drill's requests fail, and no stretch from
+    fault-start on is longer than ``LB_MAX_GAP_S`` (3 s) without a successful request
+    (issue 11's goals for the floating address moving to the other balancer).
 
-So every drill is held to the first six, and a web-tier drill to all seven.
+So every drill is held to the first six, a web-tier drill to all seven, and a
+load-balancer drill to the four about writes and the bound.
 
 Outcomes are not trusted blindly: a GET counts as answered only with status 200; a write
 marked ``ok`` without a 2xx status, or marked ``fail`` with 500/502/504 (the request
@@ -78,6 +86,8 @@ from typing import Any
 from provision.drills.history import GET_KINDS, KINDS, History, Op, Sample
 
 BUCKET_SECONDS = 0.5
+LB_MAX_FAILED_SHARE = 0.005
+LB_MAX_GAP_S = 3.0
 MAX_DETAILS = 20
 MAX_NOTES = 50
 
@@ -90,6 +100,8 @@ TITLES: dict[str, str] = {
     "db_free_pages_answer": "The page and the health check, which need no database, never fail.",
     "reads_answer": "Reads (note lists and single notes) never fail.",
     "gets_answer_during_web_fault": "A web-tier fault costs no failed GET of any kind.",
+    "front_door_failover_bounded": "A load-balancer fault costs at most 0.5 % of the "
+    "requests and 3 s of service.",
 }
 """Every invariant's stable name and its one-sentence statement, in report order."""
 
@@ -203,6 +215,13 @@ def check(history: History) -> Verdict:
         _no_write_applied_twice(c),
         _single_writable_node(c),
         _writes_to_one_node_at_a_time(c),
+    ]
+    if history.info.expect.lb_fault:
+        invariants.append(_front_door_bounded(c))
+        return Verdict(
+            ok=all(inv.ok for inv in invariants), invariants=invariants, metrics=_metrics(c)
+        )
+    invariants += [
         _gets_answer(c, "db_free_pages_answer", ("page", "health")),
         _gets_answer(c, "reads_answer", ("list", "read")),
     ]
@@ -429,6 +448,25 @@ def _gets_answer(c: _Context, name: str, kinds: Sequence[str]) -> InvariantResul
     )
     evidence = f"{len(failed)} of {len(ops)} failed ({per_kind}); {len(in_fault)} during the fault"
     return _result(name, not failed, evidence, [c.describe(op) for op in failed])
+
+
+def _front_door_bounded(c: _Context) -> InvariantResult:
+    ops = c.h.ops
+    failed = [op for op in ops if c.of(op) != "ok"]
+    share = len(failed) / len(ops) if ops else 1.0
+    start, _ = c.h.fault_window
+    # The longest stretch from fault-start on in which no request ended successfully.
+    ends = sorted(op.end for op in ops if c.of(op) == "ok" and op.end >= start)
+    last = max((op.end for op in ops), default=start)
+    marks = [start, *ends, last]
+    gap = max((b - a for a, b in zip(marks, marks[1:], strict=False)), default=0.0)
+    ok = bool(ops) and share <= LB_MAX_FAILED_SHARE and gap <= LB_MAX_GAP_S
+    evidence = (
+        f"{len(failed)} of {len(ops)} requests failed ({share * 100:.2f} %, at most "
+        f"{LB_MAX_FAILED_SHARE * 100:g} %); longest stretch without a success from "
+        f"fault-start: {gap:.2f} s (at most {LB_MAX_GAP_S:g} s)"
+    )
+    return _result("front_door_failover_bounded", ok, evidence, [c.describe(op) for op in failed])
 
 
 def _metrics(c: _Context) -> dict[str, Any]:

@@ -164,6 +164,8 @@ class Expectation:
 
     db_fault: bool = False
     web_fault: bool = False
+    lb_fault: bool = False
+    """The front door itself: a load balancer's haproxy, machine or links."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,11 @@ class DrillInfo:
             "users": self.users,
             "rate": self.rate,
             "settle_after": self.settle_after,
-            "expect": {"db_fault": self.expect.db_fault, "web_fault": self.expect.web_fault},
+            "expect": {
+                "db_fault": self.expect.db_fault,
+                "web_fault": self.expect.web_fault,
+                "lb_fault": self.expect.lb_fault,
+            },
             **dict(self.extra),
         }
 
@@ -522,7 +528,9 @@ def _drill(path: Path, obj: Mapping[str, Any]) -> DrillInfo:
         rate=f.number("rate", 0.0),
         settle_after=f.opt_number("settle_after"),
         expect=Expectation(
-            db_fault=e.boolean("db_fault", False), web_fault=e.boolean("web_fault", False)
+            db_fault=e.boolean("db_fault", False),
+            web_fault=e.boolean("web_fault", False),
+            lb_fault=e.boolean("lb_fault", False),
         ),
         extra={k: v for k, v in obj.items() if k not in _DRILL_KEYS},
     )

@@ -236,9 +236,13 @@ def expectations(
         return any(h.has_role(r) for r in roles)
 
     if fault == "stop":
-        return {"db_fault": has(host, DB_ROLES), "web_fault": has(host, WEB_ROLES)}
+        return {
+            "db_fault": has(host, DB_ROLES),
+            "web_fault": has(host, WEB_ROLES),
+            "lb_fault": host.has_role("lb"),
+        }
     if fault == "deploy":
-        return {"db_fault": True, "web_fault": False}
+        return {"db_fault": True, "web_fault": False, "lb_fault": False}
     if fault in NETWORK_FAULTS:
         db_side = (*DB_ROLES, "app", "monitor")
         db = web = False
@@ -247,8 +251,12 @@ def expectations(
                 for a, b in ((member, peer), (peer, member)):
                     db |= has(a, DB_ROLES) and has(b, db_side)
                     web |= a.has_role("lb") and has(b, ("web", "app"))
-        return {"db_fault": db, "web_fault": web}
-    return {"db_fault": target.role in DB_ROLES, "web_fault": target.role in WEB_ROLES}
+        return {"db_fault": db, "web_fault": web, "lb_fault": target.role == "lb"}
+    return {
+        "db_fault": target.role in DB_ROLES,
+        "web_fault": target.role in WEB_ROLES,
+        "lb_fault": target.role == "lb",
+    }
 
 
 # --------------------------------------------------------------------------- pure: iptables

@@ -152,7 +152,13 @@ def render_markdown(history: History, verdict: Verdict) -> str:
     for inv in verdict.invariants:
         mark = "✓" if inv.ok else "✗"
         out.append(f"| {mark} | {_cell(inv.title)} `{inv.name}` | {_cell(inv.evidence)} |")
-    if not history.info.expect.web_fault:
+    if history.info.expect.lb_fault:
+        out += [
+            "",
+            "A load-balancer drill is held to a bound (`front_door_failover_bounded`) instead "
+            "of the invariants that no GET fails.",
+        ]
+    elif not history.info.expect.web_fault:
         out += ["", "`gets_answer_during_web_fault` applies to web-tier drills only."]
     out += ["", "## Requests", ""]
     out += [
