@@ -161,9 +161,10 @@ def keepalived_steps(ctx: HostContext) -> list[Step]:
         # The first balancer of the file is preferred at start; nopreempt keeps it simple.
         priority=150 - 10 * lbs.index(host),
         router_id=51,
+        stats_port=topo.port("haproxy-stats"),
     )
     return [
-        Packages(("keepalived", "procps"), name="Ensure keepalived (and pgrep) are installed."),
+        Packages(("keepalived", "curl"), name="Ensure keepalived (and curl) are installed."),
         File(
             KEEPALIVED_CONFIG,
             config,
