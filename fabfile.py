@@ -96,6 +96,28 @@ def endpoints_(c: Context, topology: str = "", inventory: str = "") -> None:
     print("\n".join(status_ops.endpoint_lines(load(topology), inventory or None)))
 
 
+@task(
+    positional=["spec"],
+    help={
+        "spec": "TIER=COUNT, such as web=3 (a host group with `count:` in the topology)",
+        "topology": TOPOLOGY_HELP,
+        "inventory": INVENTORY_HELP,
+    },
+)
+@exits("scale")
+def scale(c: Context, spec: str, topology: str = "", inventory: str = "") -> None:
+    """Grow or shrink a counted tier under load: fab scale web=3.
+
+    Out: creates the new machines (vagrant up; with an inventory they must be in it), then
+    deploys every host, so the balancers, firewalls and Prometheus take them in. In:
+    drains the servers that go on every balancer (HAProxy admin socket), waits until no
+    session is left, removes their machines and deploys without them. The count is kept
+    with the deploy's options; `fab scale web=<the file's count>` goes back."""
+    from provision.ops import scale as scale_op
+
+    scale_op.scale(spec, topology or None, inventory or None, lambda line: print(line, flush=True))
+
+
 @task(help={"topology": TOPOLOGY_HELP})
 @exits("destroy")
 def destroy(c: Context, topology: str = "") -> None:
@@ -310,4 +332,6 @@ def drill(
 firewall = Collection("firewall", firewall_show)
 dbns = Collection("db", db_status, db_switchover, db_failover, db_rejoin, db_backup, db_restore)
 tls = Collection("tls", tls_renew)
-ns = Collection(deploy, status, endpoints_, inventory_, destroy, ca, drill, firewall, tls, dbns)
+ns = Collection(
+    deploy, status, endpoints_, inventory_, scale, destroy, ca, drill, firewall, tls, dbns
+)

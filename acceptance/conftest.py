@@ -22,6 +22,17 @@ from provision.power import Power
 
 TOPOLOGY = topology.load()
 HOST_NAMES = [h.name for h in TOPOLOGY]
+FILE_OPTIONS = topology.file_options(TOPOLOGY.name)
+"""The topology file's own options: what a test that changes one sets back."""
+
+
+def restore_option(name: str) -> None:
+    """`fab deploy --option NAME=<the file's value>` (options persist across deploys)."""
+    from provision.testkit import fab
+
+    if name not in topology.saved_options(TOPOLOGY.name):
+        return  # the file's value is the live one
+    fab("deploy", "--option", f"{name}={str(FILE_OPTIONS.get(name, False)).lower()}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from acceptance.conftest import TOPOLOGY
+from acceptance.conftest import TOPOLOGY, restore_option
 from acceptance.site import SITE_CLIENT
 from provision import dbcluster, engine
 from provision.inventory import Endpoint
@@ -113,12 +113,12 @@ def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, En
 
 @pytest.fixture
 def auto_failover(endpoints: dict[str, Endpoint]) -> Iterator[None]:
-    """dbwatch on (as in `hardened`) for the test, off again after it."""
+    """dbwatch on (as in `hardened`) for the test, as the topology file says after it."""
     fab("deploy", "--option", "auto_failover=true")
     try:
         yield
     finally:
-        fab("deploy", "--option", "auto_failover=false")  # options persist: set it back
+        restore_option("auto_failover")  # options persist: set it back
 
 
 def _wait_writes_back(writer: Writer, fault: float, limit: float = 60) -> None:

@@ -172,6 +172,8 @@ class Topology:
     roles, templates, firewall rules, scrape targets and tests read."""
     vips: Mapping[str, Vip] = field(default_factory=dict)
     """Floating addresses (`vips:`), by name."""
+    scaled: Mapping[str, int] = field(default_factory=dict)
+    """Counts changed from the file's (`count.web: 3`, from `fab scale`), kept like options."""
 
     def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
@@ -322,6 +324,12 @@ def load(
     return parse(text, path, overrides)
 
 
+def file_options(name: str) -> dict[str, Any]:
+    """The options as the topology file writes them, without any saved override."""
+    path = path_for(name)
+    return dict(parse(path.read_text(), path, {}).options)
+
+
 def options_file(name: str) -> Path:
     from provision import STATE_DIR
 
@@ -346,6 +354,10 @@ def save_options(name: str, overrides: Mapping[str, Any], defaults: Mapping[str,
         return
     path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
     path.write_text(json.dumps(keep, indent=2, sort_keys=True) + "\n")
+
+
+COUNT_PREFIX = "count."
+"""An override `count.NAME` replaces the count of the counted hosts NAME (`fab scale`)."""
 
 
 def parse_option_overrides(items: str) -> dict[str, Any]:
@@ -379,6 +391,7 @@ class _Parser:
         self.ports: dict[str, int] = {}
         self.forwarded_names: set[str] = set()
         self.flow_services: set[str] = set()
+        self.counted: set[str] = set()
 
     def fail(self, key: str, problem: str) -> TopologyError:
         return TopologyError(self.path, key, problem)
@@ -452,12 +465,21 @@ class _Parser:
         if not isinstance(options, dict):
             raise self.fail("options", "expected a mapping")
         for key in self.overrides:
-            if key not in options:
+            if key not in options and not key.startswith(COUNT_PREFIX):
                 raise self.fail(f"options.{key}", "cannot override an option the file does not set")
-        options = {**options, **self.overrides}
+        options = {
+            **options,
+            **{k: v for k, v in self.overrides.items() if not k.startswith(COUNT_PREFIX)},
+        }
         self.ports = self.port_names(top["ports"])
         networks = self.networks(top["networks"])
         hosts = self.hosts(top["hosts"], networks)
+        for key in self.overrides:
+            group = key[len(COUNT_PREFIX) :]
+            if key.startswith(COUNT_PREFIX) and group not in self.counted:
+                raise self.fail(
+                    f"hosts.{group}", "no host group with a `count:` by that name to scale"
+                )
         vips = self.vips(top.get("vips") or {}, networks, hosts)
         flows = self.flows(top["flows"], hosts, options)
         unused = sorted(set(self.ports) - self.flow_services - self.forwarded_names)
@@ -474,6 +496,7 @@ class _Parser:
             options=options,
             ports=self.ports,
             vips=vips,
+            scaled={k: v for k, v in self.overrides.items() if k.startswith(COUNT_PREFIX)},
         )
 
     def site(self, value: Any) -> Site:
@@ -616,6 +639,12 @@ class _Parser:
                 {"roles", "addresses"},
             )
             count = spec.get("count")
+            scaled = self.overrides.get(f"{COUNT_PREFIX}{name}")
+            self.counted.add(name)
+            if scaled is not None:
+                if count is None:
+                    raise self.fail(f"{key}.count", f"{name} has no count: it cannot be scaled")
+                count = scaled
             if count is None:
                 members = [(name, 0)]
             else:

@@ -28,7 +28,7 @@ def deploy(
         flush=True,
     )
     defaults = topology.parse(topo.path.read_text(), topo.path).options
-    changed = {k: v for k, v in topo.options.items() if defaults.get(k) != v}
+    changed = {k: v for k, v in {**topo.options, **topo.scaled}.items() if defaults.get(k) != v}
     if changed:
         print(
             "Options in force (kept for later commands; set one back with --option NAME=VALUE): "
@@ -38,7 +38,7 @@ def deploy(
     db_names = {h.name for h in topo.in_tier("db")}
     touches_db = not only_hosts or bool(db_names & set(only_hosts))
     primary = db_primary(topo, eps, strict=touches_db)
-    topology.save_options(topo.name, topo.options, defaults)
+    topology.save_options(topo.name, {**topo.options, **topo.scaled}, defaults)
     report = engine.deploy(
         topo,
         eps,

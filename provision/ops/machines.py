@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from provision import PROJECT_ROOT, inventory, topology, vagrant
+from provision import PROJECT_ROOT, STATE_DIR, inventory, topology, vagrant
 from provision.ops.common import TaskError, load
 
 
@@ -53,6 +54,10 @@ def destroy(topology_name: str | None) -> None:
                 print(
                     f"Could not remove docker network {net}: {res.stderr.strip()}", file=sys.stderr
                 )
+    running = STATE_DIR / "running-topology"  # written by ./testbed up
+    with contextlib.suppress(OSError):
+        if running.read_text().strip() == topo.name:
+            running.unlink()
     print("Destroyed: no testbed container or network is left.")
 
 

@@ -80,7 +80,7 @@ def steps(ctx: HostContext) -> list[Step]:
         http_request_timeout=HTTP_REQUEST_TIMEOUT,
     )
     return [
-        Packages(("haproxy",), name="Ensure HAProxy is installed."),
+        Packages(("haproxy", "socat"), name="Ensure HAProxy and socat are installed."),
         File(
             CA,
             secrets.ca().cert_pem,
