@@ -65,6 +65,8 @@ class NodeState:
     fresh: bool = False
     """MariaDB is not installed yet: a new machine, with nothing to lose."""
     last_error: str = ""
+    ssl: str = ""
+    """Master_SSL_Allowed: "Yes" when this replica's connection to its primary is TLS."""
     status: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -114,6 +116,7 @@ def read_state(host: Host, remote: Remote | None) -> NodeState:
     state.lag = fields.get("Seconds_Behind_Master", "")
     state.using_gtid = fields.get("Using_Gtid", "")
     state.last_error = fields.get("Last_IO_Error", "") or fields.get("Last_SQL_Error", "")
+    state.ssl = fields.get("Master_SSL_Allowed", "")
     rows = mysql(remote, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync%';", check=False)
     state.status = {r[0]: r[1] for r in rows if len(r) == 2}
     return state
@@ -222,6 +225,22 @@ def repl_password() -> str:
     return secrets.password("db-repl")
 
 
+def uses_tls(topology: Topology) -> bool:
+    """Option `db_tls`: the app's and the replicas' connections are TLS, verified."""
+    return bool(topology.option("db_tls", False))
+
+
+def master_tls(tls: bool) -> str:
+    """The TLS part of CHANGE MASTER: verified against the testbed CA and the primary's
+    address (its certificate names every address it has), or explicitly off."""
+    if not tls:
+        return "MASTER_SSL = 0"
+    return (
+        f"MASTER_SSL = 1, MASTER_SSL_CA = '{layout.DB_TLS_DIR}/ca.crt', "
+        "MASTER_SSL_VERIFY_SERVER_CERT = 1"
+    )
+
+
 def _dump(primary: Remote) -> tuple[str, str]:
     """A consistent dump of the app's database and the GTID position it stops at."""
     dump = primary.output_bytes(
@@ -233,7 +252,9 @@ def _dump(primary: Remote) -> tuple[str, str]:
     return dump, match.group(1)
 
 
-def seed_replica(replica: Remote, primary_address: str, dump: str, gtid: str, *, port: int) -> None:
+def seed_replica(
+    replica: Remote, primary_address: str, dump: str, gtid: str, *, port: int, tls: bool = False
+) -> None:
     """Make `replica` an exact copy of the dump, then replicate from that GTID on.
 
     Whatever the replica had is discarded, its own binary log included: a returning old
@@ -252,7 +273,7 @@ def seed_replica(replica: Remote, primary_address: str, dump: str, gtid: str, *,
         f"SET GLOBAL gtid_slave_pos = '{gtid}';\n"
         f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {port}, "
         f"MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{repl_password()}', "
-        "MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1;\n"
+        f"MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, {master_tls(tls)};\n"
         "START SLAVE;\n",
     )
 
@@ -331,14 +352,15 @@ def fence(node: Remote) -> None:
     mysql(node, "SET GLOBAL read_only = ON;")
 
 
-def demote_to_replica(node: Remote, primary_address: str, *, port: int) -> None:
+def demote_to_replica(node: Remote, primary_address: str, *, port: int, tls: bool = False) -> None:
     """A caught-up old primary (planned switchover) follows the new one."""
     mysql(
         node,
         "SET GLOBAL read_only = ON; SET GLOBAL rpl_semi_sync_master_enabled = OFF;\n"
         f"CHANGE MASTER TO MASTER_HOST = '{primary_address}', MASTER_PORT = {port}, "
         f"MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{repl_password()}', "
-        "MASTER_USE_GTID = slave_pos, MASTER_DEMOTE_TO_SLAVE = 1, MASTER_CONNECT_RETRY = 1;\n"
+        "MASTER_USE_GTID = slave_pos, MASTER_DEMOTE_TO_SLAVE = 1, MASTER_CONNECT_RETRY = 1, "
+        f"{master_tls(tls)};\n"
         "START SLAVE;\n",
     )
 

@@ -61,3 +61,9 @@ UNITS_BY_ROLE: dict[str, tuple[str, ...]] = {
     "client": (),
 }
 """The systemd units a host of each role runs once deployed (`fab status` reads them)."""
+
+
+# Database TLS (topology option `db_tls`): where each db node keeps its certificate, and
+# where every host that connects to MariaDB over TCP (app hosts, the monitor) keeps the CA.
+DB_TLS_DIR = "/etc/mysql/tls"
+DB_CLIENT_CA = "/etc/webinfra-testbed/db-ca.crt"

@@ -149,6 +149,7 @@ def _app_ini(port: int = 3307, read_port: int = 3308, secret: str = SECRET) -> s
         db_password="pw",
         db_name="testbed",
         site_names=("www.foobar.com", "foobar.com"),
+        db_ca="",
         csrf_secret=secret,
     )
 

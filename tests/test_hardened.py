@@ -159,3 +159,47 @@ def test_is_allowed_at_an_address_tells_the_floating_address_from_a_balancers_ow
         client, "lb1", "public", https, address=hardened.vips["site"].address
     )
     assert not hardened.is_allowed(client, "lb1", "public", https, address=lb1.addresses["public"])
+
+
+def test_database_accounts_that_log_in_over_the_network_require_tls_in_hardened_only(
+    hardened: Topology, seed: Topology
+) -> None:
+    from provision.roles import db
+
+    def network_accounts(topo: Topology) -> dict[str, bool]:
+        host = topo.in_tier("db")[0]
+        return {u.account: u.tls for u in db.users(topo, host) if u.host != "localhost"}
+
+    hard = network_accounts(hardened)
+    assert hard and all(hard.values()), hard
+    assert {u.split("@")[0] for u in hard} == {"'app'", "'repl'", "'failover'"}
+    assert not any(network_accounts(seed).values())
+    app = next(u for u in db.users(hardened, hardened.hosts["db1"]) if u.user == "app")
+    assert "REQUIRE SSL" in app.create_sql() and app.expected().startswith("1|ANY|")
+
+
+def test_mariadb_refuses_plain_tcp_and_replicas_verify_the_primary_in_hardened(
+    hardened: Topology, seed: Topology
+) -> None:
+    from provision import dbcluster
+    from provision.engine import render
+
+    def cnf(topo: Topology) -> str:
+        return render("db", "server.cnf.j2", bind_address="x", port=3306, server_id=1,
+                      semisync_timeout_ms=1, slave_net_timeout=2,
+                      tls=dbcluster.uses_tls(topo), tls_dir="/etc/mysql/tls")  # fmt: skip
+
+    assert "require_secure_transport = ON" in cnf(hardened)
+    assert "ssl_" not in cnf(seed) and "require_secure_transport" not in cnf(seed)
+    assert "MASTER_SSL_VERIFY_SERVER_CERT = 1" in dbcluster.master_tls(True)
+    assert dbcluster.master_tls(False) == "MASTER_SSL = 0"
+    # The node's certificate names every address a replica or the controller dials.
+    from provision.roles import db
+
+    pair = db.certificate(hardened.hosts["db2"])
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(pair.cert_pem)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    ips = {str(i) for i in sans.get_values_for_type(x509.IPAddress)}
+    assert {str(a) for a in hardened.hosts["db2"].addresses.values()} <= ips

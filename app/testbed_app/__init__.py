@@ -139,6 +139,13 @@ def _settings(endpoint: str = "port") -> dict[str, Any]:
         # must fall back to a replica well within the client's patience.
         "connection_timeout": 2,
         "autocommit": False,
+        # TLS when app.ini names a CA (option db_tls): the server's certificate must chain
+        # to it; its name is not checked (the local endpoint picks the node).
+        **(
+            {"ssl_ca": db["ssl_ca"], "ssl_verify_cert": True, "ssl_verify_identity": False}
+            if db.get("ssl_ca")
+            else {"ssl_disabled": True}
+        ),
     }
 
 

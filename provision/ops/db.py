@@ -139,7 +139,9 @@ def switchover(
         dbcluster.wait_applied(new_r, pos)
         timeline.mark(f"{new} applied everything up to {pos}")
         dbcluster.promote(new_r, timeline, replica_follows=True)
-        dbcluster.demote_to_replica(old_r, _address(topo, new), port=topo.port("mysql"))
+        dbcluster.demote_to_replica(
+            old_r, _address(topo, new), port=topo.port("mysql"), tls=dbcluster.uses_tls(topo)
+        )
         timeline.mark(f"{old} replicates from {new}")
     _wait_writer_endpoint(topo, eps, timeline)
     pause = timeline.between(
@@ -313,7 +315,10 @@ def rejoin(
             timeline.mark(f"discarding {', '.join(lacking)} from {host} (--discard)")
         dump, gtid = dbcluster._dump(p)
         timeline.mark(f"dumped {primary} at GTID {gtid}")
-        dbcluster.seed_replica(r, _address(topo, primary), dump, gtid, port=topo.port("mysql"))
+        dbcluster.seed_replica(
+            r, _address(topo, primary), dump, gtid, port=topo.port("mysql"),
+            tls=dbcluster.uses_tls(topo),
+        )  # fmt: skip
         dbcluster.wait_replicating(r)
         dbcluster.resume_semisync(p, r)
         timeline.mark(f"{host} replicates from {primary}")
@@ -373,8 +378,9 @@ def restore(
         raise DbOpError(f"{path}: no GTID position in the backup")
     with connected(topo, eps, host) as r, connected(topo, eps, primary) as p:
         dbcluster.seed_replica(
-            r, _address(topo, primary), dump, match.group(1), port=topo.port("mysql")
-        )
+            r, _address(topo, primary), dump, match.group(1), port=topo.port("mysql"),
+            tls=dbcluster.uses_tls(topo),
+        )  # fmt: skip
         dbcluster.wait_replicating(r)
         dbcluster.resume_semisync(p, r)
         pos = dbcluster.mysql(p, "SELECT @@gtid_binlog_pos;")[0][0]

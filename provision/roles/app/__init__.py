@@ -140,11 +140,24 @@ def steps(ctx: HostContext) -> list[Step]:
             name="Ensure the writer endpoint's unit is up to date.",
         ),
         Service("db-writer", name="Ensure the writer endpoint is running."),
+        *(
+            [
+                File(
+                    layout.DB_CLIENT_CA,
+                    secrets.ca().cert_pem,
+                    notify=["restart testbed-app"],
+                    name="Ensure the testbed CA is installed (the app verifies MariaDB's TLS).",
+                )
+            ]
+            if dbcluster.uses_tls(topo)
+            else []
+        ),
         File(
             CONFIG,
             render(
                 "app",
                 "app.ini.j2",
+                db_ca=layout.DB_CLIENT_CA if dbcluster.uses_tls(topo) else "",
                 db_host=layout.host_of(layout.DB_WRITER_LISTEN),
                 db_port=layout.port_of(layout.DB_WRITER_LISTEN),
                 read_port=layout.port_of(layout.DB_READER_LISTEN),

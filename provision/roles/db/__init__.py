@@ -34,7 +34,7 @@ from provision.engine import (
     role_script,
     system_user,
 )
-from provision.layout import APP_USER, DATABASE, FAILOVER_USER
+from provision.layout import APP_USER, DATABASE, DB_TLS_DIR, FAILOVER_USER
 from provision.topology import Host, Topology
 
 CONFIG = "/etc/mysql/mariadb.conf.d/60-webinfra-testbed.cnf"
@@ -103,6 +103,12 @@ class DbUser:
     global_privs: tuple[str, ...] = ()
     schema_privs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     why: str = ""
+    tls: bool = False
+    """REQUIRE SSL: the account cannot log in over a connection that is not TLS."""
+
+    @property
+    def require(self) -> str:
+        return "REQUIRE SSL" if self.tls else "REQUIRE NONE"
 
     @property
     def account(self) -> str:
@@ -112,8 +118,8 @@ class DbUser:
         auth = f"IDENTIFIED BY '{self.password}'" if self.password else "IDENTIFIED VIA unix_socket"
         lines = [
             "SET SESSION sql_log_bin = 0;",  # users are each node's own, never replicated
-            f"CREATE USER IF NOT EXISTS {self.account} {auth};",
-            f"ALTER USER {self.account} {auth};",
+            f"CREATE USER IF NOT EXISTS {self.account} {auth} {self.require};",
+            f"ALTER USER {self.account} {auth} {self.require};",
             f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {self.account};",
         ]
         if self.global_privs:
@@ -133,6 +139,8 @@ class DbUser:
             "SELECT CONCAT_WS('|', "
             f"(SELECT {auth} FROM mysql.global_priv g JOIN mysql.user u USING (User, Host) "
             f"WHERE User = '{self.user}' AND Host = '{self.host}'), "
+            f"(SELECT IF(ssl_type = '', 'NONE', ssl_type) FROM mysql.user "
+            f"WHERE User = '{self.user}' AND Host = '{self.host}'), "
             "(SELECT GROUP_CONCAT(PRIVILEGE_TYPE ORDER BY PRIVILEGE_TYPE) "
             f"FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = {grantee}), "
             "IFNULL((SELECT GROUP_CONCAT(CONCAT(TABLE_SCHEMA, ':', PRIVILEGE_TYPE) "
@@ -146,20 +154,21 @@ class DbUser:
             f"{schema}:{p}" for schema in sorted(self.schema_privs)
             for p in sorted(self.schema_privs[schema])
         )  # fmt: skip
-        return f"1|{glob}|{schemas}"
+        return f"1|{'ANY' if self.tls else 'NONE'}|{glob}|{schemas}"
 
 
 def users(topology: Topology, host: Host) -> list[DbUser]:
     app_pw = secrets.password("db-app")
+    tls = dbcluster.uses_tls(topology)  # every account that logs in over the network
     result = [
         DbUser(APP_USER, source, app_pw, schema_privs={DATABASE: ("INSERT", "SELECT")},
-               why=f"the app on {name}")
+               why=f"the app on {name}", tls=tls)
         for name, source in app_clients(topology, host)
     ]  # fmt: skip
     result += [
         DbUser(dbcluster.REPL_USER, dbcluster.node_address(topology, peer),
                dbcluster.repl_password(), global_privs=("REPLICATION SLAVE",),
-               why=f"replication to {peer.name}")
+               why=f"replication to {peer.name}", tls=tls)
         for peer in dbcluster.db_hosts(topology)
         if peer.name != host.name
     ]  # fmt: skip
@@ -178,7 +187,8 @@ def users(topology: Topology, host: Host) -> list[DbUser]:
                    global_privs=("BINLOG MONITOR", "READ_ONLY ADMIN", "RELOAD",
                                  "REPLICATION MASTER ADMIN", "REPLICATION SLAVE ADMIN",
                                  "SLAVE MONITOR"),
-                   schema_privs={DATABASE: ("INSERT",)}, why=f"automatic failover from {m.name}")
+                   schema_privs={DATABASE: ("INSERT",)}, why=f"automatic failover from {m.name}",
+                   tls=tls)
             for m in topology.with_role("monitor")
         ]  # fmt: skip
     return result
@@ -194,11 +204,32 @@ def absent_users(topology: Topology, host: Host) -> list[tuple[str, str]]:
     ]
 
 
+def certificate(host: Host) -> secrets.KeyPair:
+    """This node's server certificate: its name and every address it has, so a replica
+    or the controller that connects by address verifies it (VERIFY_SERVER_CERT)."""
+    return secrets.leaf(f"db-{host.name}", [host.name], [str(a) for a in host.addresses.values()])
+
+
+def tls_steps(host: Host) -> list[Step]:
+    pair = certificate(host)
+    return [
+        File(f"{DB_TLS_DIR}/ca.crt", secrets.ca().cert_pem, notify=["restart mariadb"],
+             name="Ensure the testbed CA is installed for MariaDB (replicas verify with it)."),
+        File(f"{DB_TLS_DIR}/server.crt", pair.cert_pem, notify=["restart mariadb"],
+             name="Ensure this node's MariaDB certificate is installed."),
+        File(f"{DB_TLS_DIR}/server.key", pair.key_pem, mode="0600", owner="mysql",
+             group="mysql", notify=["restart mariadb"],
+             name="Ensure this node's MariaDB private key is installed (0600, mysql)."),
+    ]  # fmt: skip
+
+
 def steps(ctx: HostContext) -> list[Step]:
     topo, host = ctx.topology, ctx.host
     listen = dbcluster.node_address(topo, host)
+    tls = dbcluster.uses_tls(topo)
     result: list[Step] = [
         Packages(("mariadb-server", "mariadb-client"), name="Ensure MariaDB is installed."),
+        *(tls_steps(host) if tls else []),
         File(
             CONFIG,
             render(
@@ -209,6 +240,8 @@ def steps(ctx: HostContext) -> list[Step]:
                 server_id=host.index + 1,
                 semisync_timeout_ms=SEMISYNC_TIMEOUT_MS,
                 slave_net_timeout=SLAVE_NET_TIMEOUT,
+                tls=tls,
+                tls_dir=DB_TLS_DIR,
             ),
             notify=["restart mariadb"],
             name="Ensure MariaDB is configured for GTID and semi-sync replication.",
@@ -315,6 +348,18 @@ class Replicates(Step):
         topo = self.ctx.topology
         address = dbcluster.node_address(topo, topo.hosts[self.primary])
         state = dbcluster.read_state(self.ctx.host, remote)
+        tls = dbcluster.uses_tls(topo)
+        if (
+            state.replicating_from == address
+            and state.using_gtid == "Slave_Pos"
+            and state.sql_running == "Yes"
+            and (state.ssl == "Yes") != tls
+        ):
+            dbcluster.mysql(
+                remote,
+                f"STOP SLAVE; CHANGE MASTER TO {dbcluster.master_tls(tls)}; START SLAVE;",
+            )
+            return Outcome(True, f"replication switched {'to' if tls else 'off'} TLS")
         if (
             state.replicating_from == address
             and state.using_gtid == "Slave_Pos"
@@ -347,7 +392,9 @@ class Replicates(Step):
                     "what it discards."
                 )
             dump, gtid = dbcluster._dump(primary)
-            dbcluster.seed_replica(remote, address, dump, gtid, port=topo.port("mysql"))
+            dbcluster.seed_replica(
+                remote, address, dump, gtid, port=topo.port("mysql"), tls=dbcluster.uses_tls(topo)
+            )
             dbcluster.wait_replicating(remote)
             dbcluster.resume_semisync(primary, remote)
         return Outcome(True, f"seeded from {self.primary} at GTID {gtid}")

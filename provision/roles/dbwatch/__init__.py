@@ -89,11 +89,24 @@ def steps(ctx: HostContext) -> list[Step]:
             notify=["restart dbwatch"],
             name="Ensure the failover controller knows every database node.",
         ),
+        *(
+            [
+                File(
+                    layout.DB_CLIENT_CA,
+                    secrets.ca().cert_pem,
+                    notify=["restart dbwatch"],
+                    name="Ensure the testbed CA is installed (to verify MariaDB's TLS).",
+                )
+            ]
+            if dbcluster.uses_tls(topo)
+            else []
+        ),
         File(
             CLIENT_CNF,
             render(
                 "dbwatch",
                 "client.cnf.j2",
+                ca=layout.DB_CLIENT_CA if dbcluster.uses_tls(topo) else "",
                 user=layout.FAILOVER_USER,
                 port=topo.port("mysql"),
                 password=secrets.password("db-failover"),

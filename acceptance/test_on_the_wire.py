@@ -1,20 +1,24 @@
 """The seed design's named weakness, shown on the wire: TLS ends at the load balancer, so
 backend traffic is clear text; with re-encryption on, it is not.
 
-Disruptive: it redeploys with `--option reencrypt=true` and back, so it runs last.
+Disruptive: on seed it redeploys with `--option reencrypt=true` and back, so it runs last.
+The same capture shows the database's links (the app's queries, replication): clear text
+on seed, TLS with `db_tls` (hardened).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY
+from acceptance.conftest import FILE_OPTIONS, TOPOLOGY, restore_option
 from acceptance.site import request
+from provision import dbcluster
+from provision.inventory import Endpoint
 from provision.testkit import fab
 
 # A web host: the load balancer's backend traffic to it is what the capture reads.
@@ -22,8 +26,10 @@ WEB = TOPOLOGY.with_role("web")[0].name
 CAPTURE = "/tmp/testbed-capture.txt"
 
 
-def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
-    """Capture the web server's backend port while requests carrying `marker` pass."""
+def capture(
+    machine: testinfra.host.Host, port: int, traffic: Callable[[], None], seconds: int = 6
+) -> str:
+    """tcpdump's text (-A) of every TCP packet on `port` at `machine` while `traffic` runs."""
     if not machine.package("tcpdump").is_installed:
         machine.check_output(
             "DEBIAN_FRONTEND=noninteractive "
@@ -32,12 +38,24 @@ def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
     machine.run(f"systemctl stop testbed-capture 2>/dev/null; rm -f {CAPTURE}")
     machine.check_output(
         "systemd-run --unit=testbed-capture --collect sh -c "
-        f"'timeout 6 tcpdump -i any -nn -l -A -s 0 tcp port {port} "
+        f"'timeout {seconds} tcpdump -i any -nn -l -A -s 0 tcp port {port} "
         f"> {CAPTURE} 2>/dev/null'"
     )
     time.sleep(1.5)
+    traffic()
+    for _ in range(4 * seconds):
+        if not machine.service("testbed-capture").is_running:
+            break
+        time.sleep(0.5)
+    content = machine.file(CAPTURE)
+    assert content.exists, f"tcpdump wrote no {CAPTURE}"
+    return str(content.content_string)
+
+
+def post_notes(marker: str, times: int = 6) -> list[str]:
+    """POST notes whose text and a header carry `marker`; the servers that took them."""
     served = []
-    for _ in range(6):  # round-robin: half of them reach WEB
+    for _ in range(times):  # round-robin: they reach every web server
         reply = request(
             "POST",
             "/api/notes",
@@ -46,26 +64,34 @@ def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
         )
         assert reply.status == 201
         served.append(reply.header("x-served-by"))
+    return served
+
+
+def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
+    """Capture the web server's backend port while requests carrying `marker` pass."""
+    served: list[str] = []
+    text = capture(machine, port, lambda: served.extend(post_notes(marker)))
     assert WEB in served
-    for _ in range(20):
-        if not machine.service("testbed-capture").is_running:
-            break
-        time.sleep(0.5)
-    capture = machine.file(CAPTURE)
-    assert capture.exists, f"tcpdump wrote no {CAPTURE} on {WEB}"
-    return str(capture.content_string)
+    return text
 
 
 @pytest.fixture
 def reencrypted() -> Iterator[None]:
+    if FILE_OPTIONS.get("reencrypt"):
+        yield  # the topology re-encrypts already
+        return
     fab("deploy", "--option", "reencrypt=true")
     try:
         yield
     finally:
-        fab("deploy", "--option", "reencrypt=false")  # options persist: set it back
+        restore_option("reencrypt")  # options persist: set it back
 
 
 @pytest.mark.disruptive
+@pytest.mark.skipif(
+    bool(FILE_OPTIONS.get("reencrypt")),
+    reason=f"{TOPOLOGY.name} re-encrypts: the clear-text weakness is shown on seed",
+)
 def test_backend_traffic_is_clear_text_without_reencryption(
     machines: dict[str, testinfra.host.Host],
 ) -> None:
@@ -111,3 +137,24 @@ def test_with_reencryption_a_web_server_answers_the_balancers_certificate_only(
     # The site's own certificate (a server certificate of the same CA) is no client.
     site = "/etc/haproxy/certs/site.pem"
     assert lb.run(f"{base} --cert {site} {url}").stdout.strip() in ("400", "000")
+
+
+@pytest.mark.disruptive
+def test_database_links_carry_no_clear_text_with_db_tls_and_do_without_it(
+    machines: dict[str, testinfra.host.Host], endpoints: dict[str, Endpoint]
+) -> None:
+    """A capture on the primary's MariaDB port while notes are written: the app's INSERTs
+    arrive there and replication carries them on to the replicas. With `db_tls` neither
+    shows the note's text; without it (seed's weakness) both do."""
+    primary = dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, endpoints))
+    marker = f"marker-{uuid.uuid4().hex}"
+    text = capture(machines[primary], TOPOLOGY.port("mysql"), lambda: post_notes(marker))
+    p = TOPOLOGY.hosts[primary]
+    apps = {str(TOPOLOGY.address_for(p, h)) for h in TOPOLOGY.with_role("app") if h is not p}
+    replicas = {str(TOPOLOGY.address_for(p, h)) for h in TOPOLOGY.in_tier("db") if h is not p}
+    for peer in apps | replicas:
+        assert f"{peer}." in text, f"no traffic with {peer} was captured"
+    if TOPOLOGY.option("db_tls"):
+        assert marker not in text, "a note's text crossed a database link in clear"
+    else:
+        assert marker in text, "without db_tls the note's text is clear on the wire"
