@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 from provision import STATE_DIR, dbcluster, inventory, topology  # noqa: E402
 
 DRILLS_DIR = STATE_DIR / "drills"
-DOC = ROOT / "docs" / "drills.md"
-PNG = ROOT / "docs" / "drills-timeline.png"
+_NAME = topology.selected_name()
+DOC = ROOT / "docs" / ("drills.md" if _NAME == "seed" else f"drills-{_NAME}.md")
+PNG = ROOT / "docs" / ("drills-timeline.png" if _NAME == "seed" else f"drills-{_NAME}.png")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,25 @@ SPECS = [
         "machine halted, then started",
     ),  # fmt: skip
 ]
+_REPLICAS = [h.name for h in _TOPOLOGY.with_role("db-replica")]
+if len(_REPLICAS) >= 2:
+    # The primary and one replica cut off together from the others and the monitor.
+    _FAR = ",".join([*_REPLICAS[1:], *(h.name for h in _TOPOLOGY.with_role("monitor"))])
+    SPECS.append(Spec(
+        "split-primary",
+        ("partition", "--target", "db-primary", "--side", _REPLICAS[0], "--peers", _FAR,
+         "--duration", "15"),
+        True,
+        f"primary + {_REPLICAS[0]} from {_FAR}, 15 s",
+    ))  # fmt: skip
+if _TOPOLOGY.vips:
+    for _fault, _what in (("kill", "SIGKILL haproxy"), ("stop", "machine halted, then started")):
+        SPECS.append(Spec(
+            f"{_fault}-lb",
+            (_fault, "--target", LB, "--duration", "20", "--warmup", "20", "--settle", "15"),
+            True,
+            f"{LB}: {_what}",
+        ))  # fmt: skip
 
 
 @dataclass
@@ -179,6 +199,7 @@ def render(results: list[Result], runs: int, took: float) -> str:
         if not x["ok"]
     ]
     return TEMPLATE.format(
+        topology=_NAME,
         header=HEADER,
         runs=runs,
         minutes=took / 60,
@@ -197,7 +218,7 @@ TEMPLATE = """\
 # Fault drills: what the testbed promises under real faults, measured
 
 Written by `python bench/drills.py --runs {runs}` on {date} ({minutes:.0f} minutes, on this
-project's 2-core machine, `seed` topology, docker provider). Every row is `fab drill ...`
+project's 2-core machine, `{topology}` topology, docker provider). Every row is `fab drill ...`
 as a user runs it; the checker's invariants are in
 [provision/drills/checker.py](../provision/drills/checker.py); how a drill works and how to
 read its report: [README](../README.md#fault-drills). Each drill: Locust at 10 users x 2
@@ -265,7 +286,7 @@ def main() -> None:
                 print(f"  {'PASS' if summary['ok'] else 'FAIL'} {folder.name}", flush=True)
     finally:
         heal()
-        set_auto(False, auto)
+        set_auto(bool(topology.file_options(_NAME).get("auto_failover")), auto)
     text = render(results, args.runs, time.monotonic() - started)
     if args.no_doc:
         print(text)
