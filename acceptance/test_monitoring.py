@@ -1,8 +1,9 @@
 """Monitoring: every host and exporter reports, the QPS Prometheus reports matches the load,
 and failures raise alerts at the recorder.
 
-Prometheus is queried on the host's loopback (the monitor's 9090 is forwarded there); the
-alert recorder is read on the monitor over SSH. Load comes from Locust on the host, aimed
+Prometheus is queried where the host reaches it (the monitor's forwarded port, or its
+address from an inventory), over HTTPS with the operator's login when monitor_tls is on;
+the alert recorder is read on the monitor over SSH. Load comes from Locust on the host, aimed
 at 127.0.0.1 only.
 """
 
@@ -15,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,11 +23,11 @@ import testinfra
 
 from acceptance.conftest import TOPOLOGY
 from acceptance.site import SITE_CLIENT
-from provision import PROJECT_ROOT, dbcluster, inventory, layout, monitoring
+from provision import PROJECT_ROOT, dbcluster, layout, monitoring
+from provision.testkit import prometheus_get
 
 MONITOR = monitoring.monitor_host(TOPOLOGY)
 assert MONITOR is not None
-PROMETHEUS = "http://{}:{}".format(*inventory.service_entry(TOPOLOGY, MONITOR.name, "prometheus"))
 TARGETS = [
     (h.name, t.job)
     for h in monitoring.reporting_hosts(TOPOLOGY)
@@ -37,9 +37,7 @@ TARGETS = [
 
 def query(expr: str, at: float | None = None) -> list[dict[str, object]]:
     params = {"query": expr, **({"time": f"{at:.3f}"} if at else {})}
-    url = f"{PROMETHEUS}/api/v1/query?{urllib.parse.urlencode(params)}"
-    with urllib.request.urlopen(url, timeout=10) as res:
-        body = json.loads(res.read())
+    body = json.loads(prometheus_get(TOPOLOGY, f"/api/v1/query?{urllib.parse.urlencode(params)}"))
     assert body["status"] == "success", body
     return body["data"]["result"]  # type: ignore[no-any-return]
 
@@ -204,12 +202,37 @@ def test_a_second_writable_database_node_fires_and_resolves_the_split_brain_aler
 
 
 def test_the_dashboard_renders_every_section_with_live_values() -> None:
-    with urllib.request.urlopen(f"{PROMETHEUS}/consoles/testbed.html", timeout=10) as res:
-        assert res.status == 200
-        page = res.read().decode()
+    page = prometheus_get(TOPOLOGY, "/consoles/testbed.html").decode()
     for section in ("Site", "Servers", "Database", "Active alerts"):
         assert f"<h2>{section}</h2>" in page
     for host in monitoring.reporting_hosts(TOPOLOGY):
         assert f"<td>{host.name}</td>" in page
     assert "req/s" in page
     assert "error executing template" not in page
+
+
+@pytest.mark.skipif(
+    not TOPOLOGY.option("monitor_tls"), reason=f"{TOPOLOGY.name} pushes in clear (no monitor_tls)"
+)
+def test_the_monitor_takes_pushes_over_https_from_its_agent_user_only(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    """From an agent's host, the way its pushes go: plain HTTP and a push without the agent's
+    login are refused; with it, Prometheus reads the (empty) push."""
+    assert MONITOR is not None
+    agent = next(h for h in monitoring.reporting_hosts(TOPOLOGY) if h is not MONITOR)
+    url = monitoring.remote_write_url(TOPOLOGY, agent)
+    host = machines[agent.name]
+    curl = f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -X POST --resolve {MONITOR.name}"
+    address = url.split("//")[1].split("/")[0]
+    name_url = url.replace(address.split(":")[0], MONITOR.name)
+    resolve = f"{curl}:{address.split(':')[1]}:{address.split(':')[0]}"
+    ca = f"--cacert {monitoring.CA_FILE}"
+    plain = host.run(f"{resolve} {name_url.replace('https://', 'http://')}").stdout
+    assert plain == "400", f"plain HTTP to the monitor: {plain}"
+    assert host.run(f"{resolve} {ca} {name_url}").stdout == "401", "a push with no login"
+    wrong = host.run(f"{resolve} {ca} -u {monitoring.AGENT_USER}:wrong {name_url}").stdout
+    assert wrong == "401", "a push with a wrong password"
+    login = f"-u {monitoring.AGENT_USER}:$(cat {monitoring.AGENT_PASSWORD_FILE})"
+    good = host.run(f"{resolve} {ca} {login} {name_url}").stdout
+    assert good not in ("401", "000"), f"the agent's own login: {good}"

@@ -17,7 +17,7 @@ import testinfra
 
 from acceptance.conftest import FILE_OPTIONS, TOPOLOGY, restore_option
 from acceptance.site import request
-from provision import dbcluster
+from provision import dbcluster, monitoring
 from provision.inventory import Endpoint
 from provision.testkit import fab
 
@@ -158,3 +158,21 @@ def test_database_links_carry_no_clear_text_with_db_tls_and_do_without_it(
         assert marker not in text, "a note's text crossed a database link in clear"
     else:
         assert marker in text, "without db_tls the note's text is clear on the wire"
+
+
+@pytest.mark.disruptive
+def test_the_agents_pushes_carry_no_clear_text_with_monitor_tls_and_do_without_it(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    """A capture on the monitor's Prometheus port: every agent pushes there each second.
+    With monitor_tls the HTTP request line and the metric names are nowhere in it."""
+    mon = monitoring.monitor_host(TOPOLOGY)
+    assert mon is not None
+    text = capture(machines[mon.name], TOPOLOGY.port("prometheus"), lambda: time.sleep(4))
+    for agent in monitoring.reporting_hosts(TOPOLOGY):
+        if agent is not mon:
+            assert f"{TOPOLOGY.address_for(mon, agent)}." in text, f"no push from {agent.name}"
+    if TOPOLOGY.option("monitor_tls"):
+        assert "POST /api/v1/write" not in text and "node_" not in text
+    else:
+        assert "POST /api/v1/write" in text, "without monitor_tls the pushes are clear text"

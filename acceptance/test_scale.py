@@ -14,17 +14,16 @@ import json
 import os
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from acceptance.conftest import TOPOLOGY
-from provision import STATE_DIR, inventory, monitoring, topology
+from provision import STATE_DIR, inventory, topology
 from provision.drills.workload import Workload
 from provision.engine import Remote
 from provision.ops.scale import counted_members
-from provision.testkit import fab
+from provision.testkit import fab, prometheus_get
 
 pytestmark = pytest.mark.disruptive
 TIER = "web"
@@ -42,12 +41,9 @@ def scalable() -> str:
 
 
 def prometheus_has(host: str) -> bool:
-    monitor = monitoring.monitor_host(TOPOLOGY)
-    assert monitor is not None
-    address, port = inventory.service_entry(TOPOLOGY, monitor.name, "prometheus")
     params = urllib.parse.urlencode({"query": f'up{{host="{host}"}} == 1'})
-    with urllib.request.urlopen(f"http://{address}:{port}/api/v1/query?{params}", timeout=10) as r:
-        return bool(json.loads(r.read())["data"]["result"])
+    body = json.loads(prometheus_get(TOPOLOGY, f"/api/v1/query?{params}"))
+    return bool(body["data"]["result"])
 
 
 def eventually(check: object, limit: float = 60) -> bool:

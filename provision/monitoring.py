@@ -47,8 +47,33 @@ def targets(topology: Topology, host: Host) -> list[Target]:
     return found
 
 
+AGENT_USER = "agent"
+"""The monitor's basic-auth user the agents push as (option monitor_tls)."""
+OPERATOR_USER = "operator"
+"""The monitor's basic-auth user for people and tests: queries, the dashboard."""
+TLS_DIR = "/etc/prometheus/tls"
+CA_FILE = f"{TLS_DIR}/ca.crt"
+AGENT_PASSWORD_FILE = "/etc/prometheus/agent.password"
+OPERATOR_PASSWORD_FILE = "/etc/prometheus/operator.password"
+WEB_CONFIG = "/etc/prometheus/web.yml"
+
+
+def uses_tls(topology: Topology) -> bool:
+    """Option `monitor_tls`: the monitor's Prometheus answers HTTPS only, to its users only."""
+    return bool(topology.option("monitor_tls", False))
+
+
+def scheme(topology: Topology) -> str:
+    return "https" if uses_tls(topology) else "http"
+
+
+def password_secret(user: str) -> str:
+    """The name of the secret (provision/secrets.py) holding a monitor user's password."""
+    return f"prometheus-{user}"
+
+
 def remote_write_url(topology: Topology, host: Host) -> str:
     mon = monitor_host(topology)
     assert mon is not None
     port = topology.port("prometheus")
-    return f"http://{topology.address_for(host, mon)}:{port}/api/v1/write"
+    return f"{scheme(topology)}://{topology.address_for(host, mon)}:{port}/api/v1/write"

@@ -76,6 +76,26 @@ def password(name: str, base: Path | None = None) -> str:
         return path.read_text().strip()
 
 
+BCRYPT_ROUNDS = 6
+"""bcrypt's cost for the monitor's basic-auth users. The passwords are 32 random URL-safe
+characters, beyond any brute force whatever the cost, and Prometheus checks a hash on every
+remote write it receives; so the cost is kept low (the minimum is 4)."""
+
+
+def bcrypt_hash(name: str, base: Path | None = None) -> str:
+    """The bcrypt hash of password(name), computed once and kept (the salt is random:
+    a hash made again would change the config it is written into at every deploy)."""
+    import bcrypt
+
+    path = _dir(base) / f"{name}.bcrypt"
+    with _LOCK:
+        secret = password(name, base).encode()
+        if path.exists() and bcrypt.checkpw(secret, path.read_bytes().strip()):
+            return path.read_text().strip()
+        _write(path, bcrypt.hashpw(secret, bcrypt.gensalt(rounds=BCRYPT_ROUNDS)))
+        return path.read_text().strip()
+
+
 @dataclass(frozen=True)
 class KeyPair:
     key_pem: bytes

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -354,3 +356,23 @@ def chromium(site: Site, home: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+def prometheus_get(topo: Topology, path: str, timeout: float = 10) -> bytes:
+    """GET `path` from the monitor's Prometheus as the operator would: where this machine
+    reaches it (forwarded port or inventory address), over HTTPS with the testbed CA and the
+    operator's login when the topology's monitor_tls is on."""
+    from provision import monitoring
+
+    mon = monitoring.monitor_host(topo)
+    assert mon is not None
+    address, port = inventory.service_entry(topo, mon.name, "prometheus")
+    request = urllib.request.Request(f"{monitoring.scheme(topo)}://{address}:{port}{path}")
+    context = None
+    if monitoring.uses_tls(topo):
+        context = ssl.create_default_context(cafile=str(secrets.ca_cert_path()))
+        user = monitoring.OPERATOR_USER
+        login = f"{user}:{secrets.password(monitoring.password_secret(user))}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as res:
+        return bytes(res.read())

@@ -203,3 +203,33 @@ def test_mariadb_refuses_plain_tcp_and_replicas_verify_the_primary_in_hardened(
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     ips = {str(i) for i in sans.get_values_for_type(x509.IPAddress)}
     assert {str(a) for a in hardened.hosts["db2"].addresses.values()} <= ips
+
+
+def test_agents_push_over_verified_https_with_a_login_in_hardened_only(
+    hardened: Topology, seed: Topology
+) -> None:
+    from provision import monitoring
+    from provision.engine import HostContext as Ctx
+    from provision.roles import agent, monitor
+
+    def agent_config(topo: Topology) -> dict[str, object]:
+        web = topo.with_role("web")[-1]
+        steps = agent.steps(Ctx(topo, web, {}))
+        text = next(s for s in steps if isinstance(s, File) and s.path.endswith("prometheus.yml"))
+        return yaml.safe_load(text.data)  # type: ignore[no-any-return]
+
+    write = agent_config(hardened)["remote_write"][0]  # type: ignore[index]
+    assert write["url"].startswith("https://192.168.57.30:")
+    assert write["tls_config"] == {"ca_file": monitoring.CA_FILE, "server_name": "monitor"}
+    assert write["basic_auth"]["username"] == monitoring.AGENT_USER
+    plain = agent_config(seed)["remote_write"][0]  # type: ignore[index]
+    assert plain["url"].startswith("http://") and "basic_auth" not in plain
+    mon = hardened.with_role("monitor")[0]
+    web = next(
+        s for s in monitor.steps(Ctx(hardened, mon, {}))
+        if isinstance(s, File) and s.path == monitoring.WEB_CONFIG
+    )  # fmt: skip
+    config = yaml.safe_load(web.data)
+    assert set(config["basic_auth_users"]) == {monitoring.AGENT_USER, monitoring.OPERATOR_USER}
+    assert all(h.startswith("$2b$") for h in config["basic_auth_users"].values())
+    assert config["tls_server_config"]["min_version"] == "TLS12"

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from provision import STATE_DIR, engine, inventory, layout, topology
+from provision import (
+    PROJECT_ROOT,
+    STATE_DIR,
+    engine,
+    inventory,
+    layout,
+    monitoring,
+    secrets,
+    topology,
+)
 from provision.ops import db as dbops
 from provision.ops.common import load
 
@@ -78,8 +88,7 @@ def endpoint_lines(topo: topology.Topology, inventory_file: str | None = None) -
     if inventory.selected(inventory_file):
         for mon in topo.with_role("monitor")[:1]:
             address, port = inventory.service_entry(topo, mon.name, "prometheus", inventory_file)
-            lines.append(f"  Dashboard:      http://{address}:{port}/consoles/testbed.html")
-            lines.append(f"  Prometheus:     http://{address}:{port}/   (alerts: /alerts)")
+            lines += prometheus_lines(topo, f"{address}:{port}")
         eps = inventory.load(topo, inventory_file)
         for host in topo:
             ep = eps[host.name]
@@ -90,10 +99,7 @@ def endpoint_lines(topo: topology.Topology, inventory_file: str | None = None) -
                 if host.has_role("lb") and guest in site_ports:
                     continue
                 if host.has_role("monitor") and guest == topo.port("prometheus"):
-                    lines.append(
-                        f"  Dashboard:      http://127.0.0.1:{local}/consoles/testbed.html"
-                    )
-                    lines.append(f"  Prometheus:     http://127.0.0.1:{local}/   (alerts: /alerts)")
+                    lines += prometheus_lines(topo, f"127.0.0.1:{local}")
                     continue
                 lines.append(f"  {host.name} port {guest}: http://127.0.0.1:{local}/")
         lines.append(
@@ -102,4 +108,22 @@ def endpoint_lines(topo: topology.Topology, inventory_file: str | None = None) -
     ca = STATE_DIR / "secrets" / "ca.crt"
     if ca.exists():
         lines.append(f"  Testbed CA:     {ca}")
+    return lines
+
+
+def prometheus_lines(topo: topology.Topology, where: str) -> list[str]:
+    """Where the dashboard and Prometheus answer, and how to log in when they ask."""
+    url = f"{monitoring.scheme(topo)}://{where}"
+    lines = [
+        f"  Dashboard:      {url}/consoles/testbed.html",
+        f"  Prometheus:     {url}/   (alerts: /alerts)",
+    ]
+    if monitoring.uses_tls(topo):
+        secret = (
+            secrets.SECRETS_DIR / f"{monitoring.password_secret(monitoring.OPERATOR_USER)}.password"
+        )
+        lines.append(
+            f"                  user {monitoring.OPERATOR_USER}, password in "
+            f"{os.path.relpath(secret, PROJECT_ROOT)}; the testbed CA: `fab ca`"
+        )
     return lines

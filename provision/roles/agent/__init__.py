@@ -104,8 +104,32 @@ def steps(ctx: HostContext) -> list[Step]:
         ]
     if host is monitoring.monitor_host(topo):
         return result  # the central Prometheus scrapes this host itself
+    tls = monitoring.uses_tls(topo)
+    mon = monitoring.monitor_host(topo)
+    assert mon is not None
     result += [
         Packages(("prometheus",), name="Ensure Prometheus (the agent) is installed."),
+        *(
+            [
+                File(
+                    monitoring.CA_FILE,
+                    secrets.ca().cert_pem,
+                    notify=["restart prometheus"],
+                    name="Ensure the testbed CA is installed (the agent verifies the monitor).",
+                ),
+                File(
+                    monitoring.AGENT_PASSWORD_FILE,
+                    secrets.password(monitoring.password_secret(monitoring.AGENT_USER)),
+                    mode="0640",
+                    owner="root",
+                    group="prometheus",
+                    notify=["restart prometheus"],
+                    name="Ensure the agent's password for the monitor is in place (0640).",
+                ),
+            ]
+            if tls
+            else []
+        ),
         File(
             "/etc/prometheus/prometheus.yml",
             render(
@@ -115,6 +139,11 @@ def steps(ctx: HostContext) -> list[Step]:
                 targets=monitoring.targets(topo, host),
                 interval=monitoring.SCRAPE_INTERVAL,
                 remote_write=monitoring.remote_write_url(topo, host),
+                tls=tls,
+                ca_file=monitoring.CA_FILE,
+                server_name=mon.name,
+                user=monitoring.AGENT_USER,
+                password_file=monitoring.AGENT_PASSWORD_FILE,
             ),
             validate="promtool check config --agent {path}",
             notify=["restart prometheus"],

@@ -9,7 +9,7 @@ template, /consoles/testbed.html.
 
 from __future__ import annotations
 
-from provision import dbcluster, layout, monitoring
+from provision import dbcluster, layout, monitoring, secrets
 from provision.engine import (
     Command,
     File,
@@ -23,6 +23,7 @@ from provision.engine import (
     restart_handler,
     role_script,
 )
+from provision.topology import Host, Topology
 
 RETENTION = "1d"
 RECEIVER_SCRIPT = "/usr/local/lib/webinfra-testbed/alert-receiver.py"
@@ -33,13 +34,52 @@ def _default(args: str) -> str:
     return f'# Managed by webinfra-testbed (provision/roles/monitor).\nARGS="{args}"\n'
 
 
+def certificate(topo: Topology, host: Host) -> secrets.KeyPair:
+    """The monitor's certificate: its name (the agents' server_name), every address it has,
+    and loopback (the operator's forwarded port)."""
+    ips = [str(a) for a in host.addresses.values()] + ["127.0.0.1"]
+    return secrets.leaf("monitor-prometheus", [host.name, "localhost"], ips)
+
+
+def tls_steps(topo: Topology, host: Host) -> list[Step]:
+    """HTTPS and basic auth in front of everything Prometheus serves (option monitor_tls)."""
+    pair = certificate(topo, host)
+    users = [
+        (u, secrets.bcrypt_hash(monitoring.password_secret(u)))
+        for u in (monitoring.AGENT_USER, monitoring.OPERATOR_USER)
+    ]
+    private = {"mode": "0640", "owner": "root", "group": "prometheus"}
+    return [
+        File(monitoring.CA_FILE, secrets.ca().cert_pem, notify=["restart prometheus"],
+             name="Ensure the testbed CA is installed (the self-scrape verifies with it)."),
+        File(f"{monitoring.TLS_DIR}/monitor.crt", pair.cert_pem, notify=["restart prometheus"],
+             name="Ensure the monitor's certificate is installed."),
+        File(f"{monitoring.TLS_DIR}/monitor.key", pair.key_pem, **private,
+             notify=["restart prometheus"],
+             name="Ensure the monitor's private key is installed (0640, group prometheus)."),
+        File(monitoring.OPERATOR_PASSWORD_FILE,
+             secrets.password(monitoring.password_secret(monitoring.OPERATOR_USER)),
+             **private, notify=["reload prometheus"],
+             name="Ensure the self-scrape's password is in place (0640)."),
+        File(monitoring.WEB_CONFIG,
+             render("monitor", "web.yml.j2", cert=f"{monitoring.TLS_DIR}/monitor.crt",
+                    key=f"{monitoring.TLS_DIR}/monitor.key", users=users),
+             **private, validate="promtool check web-config {path}",
+             notify=["restart prometheus"],
+             name="Ensure Prometheus answers HTTPS only, to the agent and operator users."),
+    ]  # fmt: skip
+
+
 def steps(ctx: HostContext) -> list[Step]:
     topo, host = ctx.topology, ctx.host
+    tls = monitoring.uses_tls(topo)
+    web_config = f"--web.config.file={monitoring.WEB_CONFIG} " if tls else ""
     return [
         Packages(
             ("prometheus", "prometheus-alertmanager"),
             name="Ensure Prometheus and Alertmanager are installed.",
         ),
+        *(tls_steps(topo, host) if tls else []),
         Command(
             "Ensure the console libraries the dashboard needs are in place.",
             check="[ -f /etc/prometheus/console_libraries/prom.lib ]",
@@ -67,6 +107,10 @@ def steps(ctx: HostContext) -> list[Step]:
                 interval=monitoring.SCRAPE_INTERVAL,
                 alertmanager=layout.ALERTMANAGER_LISTEN,
                 prometheus_port=topo.port("prometheus"),
+                tls=tls,
+                ca_file=monitoring.CA_FILE,
+                user=monitoring.OPERATOR_USER,
+                password_file=monitoring.OPERATOR_PASSWORD_FILE,
             ),
             validate="promtool check config --syntax-only {path}",
             notify=["reload prometheus"],
@@ -89,6 +133,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 "--config.file=/etc/prometheus/prometheus.yml "
                 f"--web.listen-address=0.0.0.0:{topo.port('prometheus')} "
                 "--web.enable-remote-write-receiver "
+                f"{web_config}"
                 f"--storage.tsdb.retention.time={RETENTION} "
                 "--web.console.templates=/etc/prometheus/consoles "
                 "--web.console.libraries=/etc/prometheus/console_libraries"

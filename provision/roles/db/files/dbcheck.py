@@ -59,6 +59,8 @@ STUCK_QUERY = (
     "WHERE ID <> CONNECTION_ID() AND INFO LIKE CONCAT('%dbcheck', '-poll%');"
 )
 FRESH = 1.0
+READ_GRACE = 3.0
+"""Seconds a replica that applied stays readable while its polls time out (/read)."""
 
 
 def backoff(timeouts):
@@ -143,6 +145,8 @@ class Agent:
         self.enforcing = False
         self.timeouts = 0
         self.next_poll = 0.0
+        self.applying_at = 0.0
+        """When a poll last showed this node a replica that applies (for /read)."""
         self.poll_lock = threading.Lock()
         """One poll at a time: a lease request waits for the running poll, rather than
         counting it as stuck (STUCK_QUERY) and backing off."""
@@ -180,6 +184,8 @@ class Agent:
             self.cache = state
             self.timeouts = 0
             self.next_poll = 0.0
+            if state.get("replicating_from") and state.get("sql_running") == "Yes":
+                self.applying_at = started
         return state
 
     def stuck_polls(self):
@@ -376,6 +382,14 @@ def handler_for(agent):
                 else:
                     ok = not st.get("read_only", True) and not agent.fenced  # the primary
                 ok = ok and st["mariadb"] == "up"
+                # A replica whose poll timed out (a busy machine: the client did not start
+                # in time) stays readable for READ_GRACE after it last applied: a read is
+                # allowed to be a little stale, and with every replica briefly "slow" at
+                # once the app had no node to read from at all. Not when MariaDB is down.
+                ok = ok or (
+                    st["mariadb"] == "unresponsive"
+                    and time.monotonic() - agent.applying_at < READ_GRACE
+                )
                 self.reply(200 if ok else 503, ("readable" if ok else st["mariadb"]) + "\n")
             elif self.path == "/state":
                 self.reply(200, json.dumps(agent.public_state()), "application/json")
