@@ -175,7 +175,7 @@ def test_database_accounts_that_log_in_over_the_network_require_tls_in_hardened_
     assert {u.split("@")[0] for u in hard} == {"'app'", "'repl'", "'failover'"}
     assert not any(network_accounts(seed).values())
     app = next(u for u in db.users(hardened, hardened.hosts["db1"]) if u.user == "app")
-    assert "REQUIRE SSL" in app.create_sql() and app.expected().startswith("1|ANY|")
+    assert "REQUIRE SSL" in app.create_sql() and app.expected().startswith("1|ANY/0|")
 
 
 def test_mariadb_refuses_plain_tcp_and_replicas_verify_the_primary_in_hardened(
@@ -233,3 +233,15 @@ def test_agents_push_over_verified_https_with_a_login_in_hardened_only(
     assert set(config["basic_auth_users"]) == {monitoring.AGENT_USER, monitoring.OPERATOR_USER}
     assert all(h.startswith("$2b$") for h in config["basic_auth_users"].values())
     assert config["tls_server_config"]["min_version"] == "TLS12"
+
+
+def test_the_nodes_own_watchers_can_never_take_every_connection(hardened: Topology) -> None:
+    from provision.roles import db
+
+    users = {u.user: u for u in db.users(hardened, hardened.hosts["db1"])}
+    for name in ("dbcheck", "monitor"):
+        assert 0 < users[name].max_connections < 20
+        assert (
+            f"WITH MAX_USER_CONNECTIONS {users[name].max_connections}" in users[name].create_sql()
+        )
+    assert users["app"].max_connections == 0

@@ -42,6 +42,11 @@ DBCHECK = "/usr/local/lib/webinfra-testbed/dbcheck.py"
 DBCHECK_CONFIG = "/etc/webinfra-testbed/dbcheck.json"
 SEMISYNC_TIMEOUT_MS = 10000
 SLAVE_NET_TIMEOUT = 2
+LOCAL_WATCHER_CONNECTIONS = 8
+"""At most this many connections each for the node's agent and its exporter. Once, after a
+split of the cluster (hardened's drill), MariaDB stopped answering their status queries
+and their abandoned polls held all 151 connections: the app could not even connect. The
+cap keeps that from taking the node's service down with it."""
 
 
 def primary_name(ctx: HostContext) -> str:
@@ -105,10 +110,14 @@ class DbUser:
     why: str = ""
     tls: bool = False
     """REQUIRE SSL: the account cannot log in over a connection that is not TLS."""
+    max_connections: int = 0
+    """MAX_USER_CONNECTIONS (0: no cap of its own). The node's local watchers are capped, so
+    that polls stuck inside a wedged server can never take the connections the app needs."""
 
     @property
     def require(self) -> str:
-        return "REQUIRE SSL" if self.tls else "REQUIRE NONE"
+        cap = f" WITH MAX_USER_CONNECTIONS {self.max_connections}"
+        return ("REQUIRE SSL" if self.tls else "REQUIRE NONE") + cap
 
     @property
     def account(self) -> str:
@@ -139,7 +148,8 @@ class DbUser:
             "SELECT CONCAT_WS('|', "
             f"(SELECT {auth} FROM mysql.global_priv g JOIN mysql.user u USING (User, Host) "
             f"WHERE User = '{self.user}' AND Host = '{self.host}'), "
-            f"(SELECT IF(ssl_type = '', 'NONE', ssl_type) FROM mysql.user "
+            f"(SELECT CONCAT(IF(ssl_type = '', 'NONE', ssl_type), '/', max_user_connections) "
+            "FROM mysql.user "
             f"WHERE User = '{self.user}' AND Host = '{self.host}'), "
             "(SELECT GROUP_CONCAT(PRIVILEGE_TYPE ORDER BY PRIVILEGE_TYPE) "
             f"FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = {grantee}), "
@@ -154,7 +164,8 @@ class DbUser:
             f"{schema}:{p}" for schema in sorted(self.schema_privs)
             for p in sorted(self.schema_privs[schema])
         )  # fmt: skip
-        return f"1|{'ANY' if self.tls else 'NONE'}|{glob}|{schemas}"
+        ssl = "ANY" if self.tls else "NONE"
+        return f"1|{ssl}/{self.max_connections}|{glob}|{schemas}"
 
 
 def users(topology: Topology, host: Host) -> list[DbUser]:
@@ -175,10 +186,12 @@ def users(topology: Topology, host: Host) -> list[DbUser]:
     result += [
         DbUser("monitor", "localhost", secrets.password("db-monitor"),
                global_privs=("BINLOG MONITOR", "PROCESS", "SLAVE MONITOR"),
-               schema_privs={"performance_schema": ("SELECT",)}, why="the mysqld exporter"),
+               schema_privs={"performance_schema": ("SELECT",)}, why="the mysqld exporter",
+               max_connections=LOCAL_WATCHER_CONNECTIONS),
         DbUser("dbcheck", "localhost", None,
                global_privs=("CONNECTION ADMIN", "PROCESS", "READ_ONLY ADMIN", "SLAVE MONITOR"),
-               why="the node's agent: writability, lease and fence"),
+               why="the node's agent: writability, lease and fence",
+               max_connections=LOCAL_WATCHER_CONNECTIONS),
     ]  # fmt: skip
     if topology.option("auto_failover", False):
         result += [

@@ -176,7 +176,10 @@ class Agent:
             return self.timed_out(started, "")
         except (subprocess.CalledProcessError, OSError) as exc:
             err = getattr(exc, "stderr", "") or str(exc)
-            state = {"mariadb": "down", "error": err.strip()[-200:]}
+            # MAX_USER_CONNECTIONS reached: earlier polls are stuck inside a server that
+            # is there (slow is not dead), not a server that is down.
+            busy = "max_user_connections" in err or "1226" in err
+            state = {"mariadb": "unresponsive" if busy else "down", "error": err.strip()[-200:]}
         except (ValueError, IndexError) as exc:
             state = {"mariadb": "unresponsive", "error": f"unreadable answer: {exc}"[:200]}
         state["at"] = started
