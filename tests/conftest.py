@@ -14,6 +14,10 @@ import pytest
 # before provision is imported.
 _STATE = tempfile.mkdtemp(prefix="testbed-unit-state-")
 os.environ["TESTBED_STATE_DIR"] = _STATE
+# Nor do they depend on which topology the shell has chosen: the default one is seed, and
+# a test about another topology names it.
+os.environ.pop("TESTBED_TOPOLOGY", None)
+os.environ.pop("TESTBED_INVENTORY", None)
 
 from pathlib import Path  # noqa: E402
 
