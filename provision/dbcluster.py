@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from provision import layout, secrets
-from provision.engine import Remote, StepError
+from provision.engine import File, Remote, Step, StepError
 from provision.inventory import Endpoint
 from provision.topology import Host, Topology
 
@@ -228,6 +228,21 @@ def repl_password() -> str:
 def uses_tls(topology: Topology) -> bool:
     """Option `db_tls`: the app's and the replicas' connections are TLS, verified."""
     return bool(topology.option("db_tls", False))
+
+
+def client_ca_steps(topology: Topology, service: str) -> list[Step]:
+    """On a host whose `service` connects to MariaDB over TCP: the testbed CA it verifies
+    the server with, when `db_tls` is on (nothing otherwise)."""
+    if not uses_tls(topology):
+        return []
+    return [
+        File(
+            layout.DB_CLIENT_CA,
+            secrets.ca().cert_pem,
+            notify=[f"restart {service}"],
+            name=f"Ensure the testbed CA is installed ({service} verifies MariaDB's TLS).",
+        )
+    ]
 
 
 def master_tls(tls: bool) -> str:

@@ -140,18 +140,7 @@ def steps(ctx: HostContext) -> list[Step]:
             name="Ensure the writer endpoint's unit is up to date.",
         ),
         Service("db-writer", name="Ensure the writer endpoint is running."),
-        *(
-            [
-                File(
-                    layout.DB_CLIENT_CA,
-                    secrets.ca().cert_pem,
-                    notify=["restart testbed-app"],
-                    name="Ensure the testbed CA is installed (the app verifies MariaDB's TLS).",
-                )
-            ]
-            if dbcluster.uses_tls(topo)
-            else []
-        ),
+        *dbcluster.client_ca_steps(topo, "testbed-app"),
         File(
             CONFIG,
             render(

@@ -89,18 +89,7 @@ def steps(ctx: HostContext) -> list[Step]:
             notify=["restart dbwatch"],
             name="Ensure the failover controller knows every database node.",
         ),
-        *(
-            [
-                File(
-                    layout.DB_CLIENT_CA,
-                    secrets.ca().cert_pem,
-                    notify=["restart dbwatch"],
-                    name="Ensure the testbed CA is installed (to verify MariaDB's TLS).",
-                )
-            ]
-            if dbcluster.uses_tls(topo)
-            else []
-        ),
+        *dbcluster.client_ca_steps(topo, "dbwatch"),
         File(
             CLIENT_CNF,
             render(
