@@ -78,6 +78,23 @@ def accepts(topology: Topology, host: Host, management: str) -> list[Accept]:
     return rules
 
 
+def stray_resets(topology: Topology, accepts_: list[Accept]) -> list[str]:
+    """For the floating addresses (VIPs): answer a TCP packet of a connection this host does
+    not know (conntrack INVALID) with a reset, from the sources allowed there.
+
+    When the address moves, the clients' open connections arrive at the new holder, which
+    never saw them. Dropped (the default for INVALID), each client waits out its own
+    time-out (10 s for Locust) before it reconnects; reset, it reconnects at once."""
+    vips = {str(v.address) for v in topology.vips.values()}
+    return [
+        f"-A INPUT -s {a.source_address} -d {a.address}/32 -p tcp -m tcp --dport {a.port} "
+        f'-m conntrack --ctstate INVALID -m comment --comment "reset a moved connection '
+        f'({a.source}, {a.port}/tcp)" -j REJECT --reject-with tcp-reset'
+        for a in accepts_
+        if a.address in vips and a.proto == "tcp"
+    ]
+
+
 def log_prefix(host: Host) -> str:
     # NFLOG prefixes are at most 64 bytes; host names are short.
     return f"fw-drop {host.name}: "

@@ -19,6 +19,7 @@ def _rules(name: str) -> str:
         "rules.v4.j2",
         host=host,
         accepts=firewall.accepts(SEED, host, MGMT),
+        stray_resets=firewall.stray_resets(SEED, firewall.accepts(SEED, host, MGMT)),
         log_group=firewall.LOG_GROUP,
         prefix=firewall.log_prefix(host),
     )

@@ -245,3 +245,19 @@ def test_the_nodes_own_watchers_can_never_take_every_connection(hardened: Topolo
             f"WITH MAX_USER_CONNECTIONS {users[name].max_connections}" in users[name].create_sql()
         )
     assert users["app"].max_connections == 0
+
+
+def test_a_connection_that_moved_with_the_floating_address_is_reset_not_dropped(
+    hardened: Topology, seed: Topology
+) -> None:
+    lb = hardened.hosts["lb2"]
+    accepts = firewall.accepts(hardened, lb, "172.17.0.1")
+    resets = firewall.stray_resets(hardened, accepts)
+    vip = str(hardened.vips["site"].address)
+    # One per source allowed at the floating address and port: the client, the operator.
+    assert resets and all(f"-d {vip}/32" in r and "--ctstate INVALID" in r for r in resets)
+    assert all(r.endswith("-j REJECT --reject-with tcp-reset") for r in resets)
+    expected = {(a.source_address, a.port) for a in accepts if a.address == vip}
+    assert {(r.split()[3], int(r.split("--dport ")[1].split()[0])) for r in resets} == expected
+    # Nothing else is reset, and seed has no floating address.
+    assert not firewall.stray_resets(seed, firewall.accepts(seed, seed.hosts["lb1"], "172.17.0.1"))

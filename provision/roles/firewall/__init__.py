@@ -36,9 +36,11 @@ APPLY = (
 
 def steps(ctx: HostContext) -> list[Step]:
     management = ctx.facts["ssh_client"]
+    accepts = firewall.accepts(ctx.topology, ctx.host, management)
     context: dict[str, Any] = {
         "host": ctx.host,
-        "accepts": firewall.accepts(ctx.topology, ctx.host, management),
+        "accepts": accepts,
+        "stray_resets": firewall.stray_resets(ctx.topology, accepts),
         "log_group": firewall.LOG_GROUP,
         "prefix": firewall.log_prefix(ctx.host),
     }
