@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from acceptance.conftest import TOPOLOGY, restore_option
+from acceptance.conftest import FILE_OPTIONS, TOPOLOGY, restore_option
 from acceptance.site import SITE_CLIENT
 from provision import dbcluster, engine
 from provision.inventory import Endpoint
@@ -52,15 +52,33 @@ def _read_only_when_back(r: engine.Remote, name: str, limit: float = 60) -> bool
 def healthy_cluster(endpoints: dict[str, Endpoint]) -> None:
     """Every node but the primary replicates (an earlier interrupted drill may have left one
     fenced): rejoin any that does not."""
-    states = dbcluster.states(TOPOLOGY, endpoints)
+    deadline = time.monotonic() + 90
+    while True:  # a node killed by the test before restarts by itself: wait for it
+        states = dbcluster.states(TOPOLOGY, endpoints)
+        if all(s.reachable for s in states.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     primary = dbcluster.discover_primary(TOPOLOGY, states)
     for name, state in states.items():
         if name != primary and state.role != "replica":
             fab("db.rejoin", "--host", name, "--discard")
 
 
+@pytest.fixture
+def manual_failover() -> Iterator[None]:
+    """The operator's `fab db.failover` (dbwatch off) for the test; the file's mode after."""
+    if not FILE_OPTIONS.get("auto_failover"):
+        yield
+        return
+    fab("deploy", "--option", "auto_failover=false")
+    try:
+        yield
+    finally:
+        restore_option("auto_failover")
+
+
 @pytest.mark.disruptive
-@pytest.mark.usefixtures("healthy_cluster")
+@pytest.mark.usefixtures("manual_failover", "healthy_cluster")
 def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, Endpoint]) -> None:
     states = dbcluster.states(TOPOLOGY, endpoints)
     old = dbcluster.discover_primary(TOPOLOGY, states)

@@ -146,12 +146,18 @@ def test_database_links_carry_no_clear_text_with_db_tls_and_do_without_it(
     """A capture on the primary's MariaDB port while notes are written: the app's INSERTs
     arrive there and replication carries them on to the replicas. With `db_tls` neither
     shows the note's text; without it (seed's weakness) both do."""
-    primary = dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, endpoints))
+    states = dbcluster.states(TOPOLOGY, endpoints)
+    primary = dbcluster.discover_primary(TOPOLOGY, states)
     marker = f"marker-{uuid.uuid4().hex}"
     text = capture(machines[primary], TOPOLOGY.port("mysql"), lambda: post_notes(marker))
     p = TOPOLOGY.hosts[primary]
     apps = {str(TOPOLOGY.address_for(p, h)) for h in TOPOLOGY.with_role("app") if h is not p}
-    replicas = {str(TOPOLOGY.address_for(p, h)) for h in TOPOLOGY.in_tier("db") if h is not p}
+    replicas = {
+        str(TOPOLOGY.address_for(p, TOPOLOGY.hosts[n]))
+        for n, st in states.items()
+        if n != primary and st.role == "replica"
+    }
+    assert replicas, "no replica follows the primary: nothing to capture on that link"
     for peer in apps | replicas:
         assert f"{peer}." in text, f"no traffic with {peer} was captured"
     if TOPOLOGY.option("db_tls"):
