@@ -416,9 +416,11 @@ def test_a_balancer_drill_is_held_to_the_bound_not_to_no_failed_get() -> None:
     )
 
 
-def test_a_balancer_drill_fails_above_half_a_percent_of_failed_requests() -> None:
+def test_a_balancer_drill_fails_above_two_percent_of_failed_requests() -> None:
     d = front_door_drill()
-    d.ops += [get(0.3 + i / 100, "page", status=503) for i in range(6)]  # 6 of 1006: 0.6 %
+    d.ops += [get(0.3 + i / 100, "page", status=503) for i in range(20)]  # 20 of 1020: 1.96 %
+    assert check(d.history()).ok
+    d.ops += [get(0.6 + i / 100, "page", status=503) for i in range(2)]  # 22 of 1022: 2.15 %
     assert names_failed(check(d.history())) == ["front_door_failover_bounded"]
 
 
