@@ -63,12 +63,20 @@ def remote(endpoints: dict[str, Endpoint]) -> Iterator[Opener]:
 
 
 def as_user(
-    r: engine.Remote, user: str, password: str, address: str, sql: str
+    r: engine.Remote, user: str, password: str, address: str, sql: str, tls: bool | None = None
 ) -> engine.CommandResult:
-    """Run SQL on `address` from machine `r` as a MariaDB user; the password stays off argv."""
+    """Run SQL on `address` from machine `r` as a MariaDB user; the password stays off argv.
+    Over TLS (the testbed CA, the address verified) when the topology's db_tls is on, or
+    as `tls` says."""
+    tls = dbcluster.uses_tls(TOPOLOGY) if tls is None else tls
+    ssl = (
+        f"--ssl-ca={layout.DB_TLS_DIR}/ca.crt --ssl-verify-server-cert"
+        if tls
+        else "--skip-ssl"
+    )
     script = (
         f"MYSQL_PWD='{password}' mariadb -N -B -h {address} -u {user} --connect-timeout=3 "
-        f"-e {shlex.quote(sql)}\n"
+        f"{ssl} -e {shlex.quote(sql)}\n"
     )
     return r.run("sh", stdin=script, check=False)
 
@@ -224,3 +232,20 @@ def test_backup_then_restore_onto_a_replica_gives_identical_rows_and_checksums(
         )
     out = fab("db.restore", "--host", replicas[0])
     assert "identical" in out, out
+
+
+@pytest.mark.skipif(
+    not TOPOLOGY.option("db_tls"), reason=f"{TOPOLOGY.name} reaches MariaDB in clear (no db_tls)"
+)
+def test_with_db_tls_a_replication_login_in_clear_is_refused_and_a_verified_one_gets_in(
+    remote: Opener, primary: str, replicas: list[str]
+) -> None:
+    """From a replica (where the replication account may log in from), to the primary."""
+    address = dbcluster.node_address(TOPOLOGY, TOPOLOGY.hosts[primary])
+    r = remote(replicas[0])
+    login = (dbcluster.REPL_USER, dbcluster.repl_password(), address)
+    plain = as_user(r, *login, "SELECT 1", tls=False)
+    assert not plain.ok and "insecure transport" in plain.stderr.lower(), plain.stderr
+    verified = as_user(r, *login, "SHOW SESSION STATUS LIKE 'Ssl_version'", tls=True)
+    assert verified.ok, verified.stderr
+    assert verified.stdout.split()[-1] in ("TLSv1.2", "TLSv1.3"), verified.stdout

@@ -101,7 +101,9 @@ def _wait_writer_endpoint(
     script = (
         f"MYSQL_PWD='{secrets.password('db-app')}' mariadb -N -B "
         f"-h {layout.host_of(writer)} -P {layout.port_of(writer)} "
-        f"-u {layout.APP_USER} --connect-timeout=2 {layout.DATABASE} -e "
+        f"-u {layout.APP_USER} --connect-timeout=2 {layout.DATABASE} "
+        + (f"--ssl-ca={layout.DB_CLIENT_CA} " if dbcluster.uses_tls(topo) else "")
+        + "-e "
         '"INSERT INTO failover_probe (written_by) VALUES (@@hostname); SELECT @@hostname"\n'
     )
     with connected(topo, eps, app_host) as remote:
