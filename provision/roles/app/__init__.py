@@ -108,6 +108,10 @@ def steps(ctx: HostContext) -> list[Step]:
         ),
         *code,
         Packages(("haproxy",), name="Ensure HAProxy is installed (the database writer endpoint)."),
+        # The operator's tasks check a failover by writing through this host's endpoint
+        # with the app's own account (fab db.failover, db.switchover): they need a client
+        # even where no database runs (hardened's web hosts).
+        Packages(("mariadb-client",), name="Ensure the MariaDB client is installed."),
         File(
             WRITER_CONFIG,
             render(
