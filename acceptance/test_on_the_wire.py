@@ -152,10 +152,11 @@ def test_database_links_carry_no_clear_text_with_db_tls_and_do_without_it(
     text = capture(machines[primary], TOPOLOGY.port("mysql"), lambda: post_notes(marker))
     p = TOPOLOGY.hosts[primary]
     apps = {str(TOPOLOGY.address_for(p, h)) for h in TOPOLOGY.with_role("app") if h is not p}
+    follows = dbcluster.node_address(TOPOLOGY, p)
     replicas = {
         str(TOPOLOGY.address_for(p, TOPOLOGY.hosts[n]))
         for n, st in states.items()
-        if n != primary and st.role == "replica"
+        if n != primary and st.replicating_from == follows and st.io_running == "Yes"
     }
     assert replicas, "no replica follows the primary: nothing to capture on that link"
     for peer in apps | replicas:
