@@ -59,7 +59,10 @@ PORTLESS = ("vrrp",)
 """Protocols without ports (VRRP, IP protocol 112: keepalived between load balancers)."""
 ANY = "any"
 SSH_PORT_BASE = 2200
-"""Docker provider: host port 127.0.0.1:(SSH_PORT_BASE + index) reaches a machine's sshd."""
+"""Docker provider: host port 127.0.0.1:(SSH_PORT_BASE + number) reaches a machine's sshd,
+where number is the last byte of its first address (Host.number): stable when a tier is
+scaled, unlike the host's position in the file."""
+SSH_PORTS = range(SSH_PORT_BASE, SSH_PORT_BASE + 256)
 
 
 class TopologyError(ValueError):
@@ -106,8 +109,15 @@ class Host:
         return next(iter(self.addresses.values()))
 
     @property
+    def number(self) -> int:
+        """The last byte of the host's first address: unique in a topology (the parser
+        checks), and unchanged when hosts are added or removed, so what is derived from it
+        (the SSH port, MariaDB's server_id) never moves under a running machine."""
+        return int(self.primary_address) & 0xFF
+
+    @property
     def ssh_port(self) -> int:
-        return SSH_PORT_BASE + self.index
+        return SSH_PORT_BASE + self.number
 
 
 @dataclass(frozen=True)
@@ -545,7 +555,7 @@ class _Parser:
                 name,
                 "duplicate address {}, already used by {}",
             )
-            forward = self.forward(spec.get("forward") or {}, f"{key}.forward", len(expanded))
+            forward = self.forward(spec.get("forward") or {}, f"{key}.forward")
             self.claim(
                 host_ports,
                 forward,
@@ -555,6 +565,14 @@ class _Parser:
             )
             forward_ports = {self.ports[service]: hport for service, hport in forward.items()}
             hosts[name] = Host(name, roles, addresses, forward_ports, index)
+            numbered = next((h for h in hosts.values() if h.number == hosts[name].number), None)
+            if numbered is not None and numbered.name != name:
+                raise self.fail(
+                    f"{key}.addresses",
+                    f"{name}'s first address ends in .{hosts[name].number} like {numbered.name}'s: "
+                    "each host's first address must end differently (its SSH port and "
+                    "database server id come from that number)",
+                )
         self.one_primary(hosts)
         return hosts
 
@@ -711,7 +729,7 @@ class _Parser:
             addresses[net_name] = addr
         return addresses
 
-    def forward(self, fwd: Any, key: str, machines: int) -> dict[str, int]:
+    def forward(self, fwd: Any, key: str) -> dict[str, int]:
         """`{service-name: host port}`: the guest port is a name from `ports:`."""
         if not isinstance(fwd, dict):
             raise self.fail(key, "expected a mapping of port name to host port")
@@ -720,7 +738,7 @@ class _Parser:
             fkey = f"{key}.{service}"
             name, _ = self.named_port(service, fkey)
             h = self.port(hport, fkey)
-            if SSH_PORT_BASE <= h < SSH_PORT_BASE + machines:
+            if h in SSH_PORTS:
                 raise self.fail(fkey, f"host port {h} is kept for the machines' SSH")
             self.forwarded_names.add(name)
             forward[name] = h

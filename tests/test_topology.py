@@ -211,8 +211,9 @@ def test_vagrant_view_has_one_machine_per_host_in_order(view: dict[str, Any]) ->
 
 
 def test_vagrant_view_gives_each_machine_its_own_ssh_port(view: dict[str, Any]) -> None:
-    ports = [m["ssh_port"] for m in view["machines"]]
-    assert ports == list(range(SSH_PORT_BASE, SSH_PORT_BASE + len(SEED_HOSTS)))
+    # 2200 + the last byte of the machine's first address (lb1 .10, web1 .21, ...).
+    ports = {m["name"]: m["ssh_port"] for m in view["machines"]}
+    assert ports == {"lb1": 2210, "web1": 2221, "web2": 2222, "monitor": 2230, "client": 2300}
 
 
 def test_vagrant_view_lists_lb1_on_both_networks_with_ip_netmask_and_prefix(
@@ -588,9 +589,17 @@ def test_duplicate_address_is_rejected_naming_both_hosts() -> None:
 
 
 def test_forward_just_past_the_ssh_port_range_is_accepted() -> None:
-    first_free = SSH_PORT_BASE + len(SEED_HOSTS)
+    first_free = SSH_PORT_BASE + 256
     parsed = topology.parse(setting("hosts.lb1.forward.site-https", first_free)())
     assert parsed.hosts["lb1"].forward[443] == first_free
+    with pytest.raises(TopologyError, match="kept for the machines' SSH"):
+        topology.parse(setting("hosts.lb1.forward.site-https", first_free - 1)())
+
+
+def test_two_hosts_whose_first_addresses_end_alike_are_rejected() -> None:
+    # The SSH port and MariaDB's server_id come from that last byte.
+    with pytest.raises(TopologyError, match="ends in .21 like web1's"):
+        topology.parse(setting("hosts.web2.addresses", {"public": "192.168.56.21"})())
 
 
 def test_flow_from_any_is_accepted() -> None:
@@ -702,7 +711,10 @@ def test_a_counted_host_stands_for_that_many_hosts_at_consecutive_addresses() ->
 def test_counted_hosts_get_their_own_management_ports_in_order() -> None:
     topo = topology.parse(with_web_group(2))
     ports = [h.ssh_port for h in topo]
-    assert ports == list(range(SSH_PORT_BASE, SSH_PORT_BASE + len(topo.hosts)))
+    assert len(set(ports)) == len(ports)
+    # Scaling the group moves no other host's port (nor its database server_id).
+    bigger = topology.parse(with_web_group(3))
+    assert all(bigger.hosts[h.name].ssh_port == h.ssh_port for h in topo)
 
 
 @pytest.mark.parametrize(

@@ -250,7 +250,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 "server.cnf.j2",
                 bind_address=listen,
                 port=topo.port("mysql"),
-                server_id=host.index + 1,
+                server_id=host.number,  # stable when a tier is scaled
                 semisync_timeout_ms=SEMISYNC_TIMEOUT_MS,
                 slave_net_timeout=SLAVE_NET_TIMEOUT,
                 tls=tls,
