@@ -221,11 +221,19 @@ class Controller:
                       reason=f"{', '.join(receiving)} still receives from {p}: it is alive; "
                       "the controller may be the one cut off")  # fmt: skip
             return
-        unheard = [n for n in self.nodes if n != p and states.get(n) is None]
-        if unheard and not host_says_dead:
+        # Every other node must answer with its MariaDB up: one that does not may be on
+        # the primary's side of a partition, receiving and acknowledging its writes (two
+        # writers), or hold in its relay log the only copy of an acknowledged write (lost
+        # if another is promoted). Even when the primary's own host says it is dead.
+        unheard = [
+            n for n in self.nodes
+            if n != p and (states.get(n) is None or states[n].get("mariadb") != "up")
+        ]  # fmt: skip
+        if unheard:
             why = (
-                f"{', '.join(unheard)} cannot be reached: it may receive from {p} and "
-                "keep it writable; promoting another would make two writers"
+                f"{', '.join(unheard)} cannot be reached or its MariaDB does not answer: it "
+                f"may receive from {p} or hold an acknowledged write alone; promoting "
+                "another could make two writers or lose it"
             )
             self.once(f"unheard:{','.join(unheard)}", "not-promoting", reason=why)
             return
@@ -251,14 +259,20 @@ class Controller:
             if code == 200:
                 fenced_at = time.monotonic()
                 log("fenced", node=old, by="its agent", t=t())
-        stopped = []
+        stopped, committed = [], []
         try:
             received, io_stopped = self.stop_receiving(replicas, stopped, t)
             new = max(received, key=lambda n: (seq(received[n]), n == replicas[0]))
             log("candidate", node=new, received={n: received[n] for n in received}, t=t())
-            if self.promote(old, new, received[new], fenced_at, io_stopped, t):
+            if self.promote(old, new, received[new], fenced_at, io_stopped, t, committed):
+                self.repoint_others(new, [n for n in received if n != new])
                 return
         except Exception as exc:
+            if committed:
+                # The new primary is in place (and remembered): never undo that by
+                # restarting the other replicas on the old one.
+                log("error", error=f"after the promotion: {type(exc).__name__}: {exc}"[:300])
+                return
             log("not-promoting", reason=f"promotion failed: {exc}"[:300], t=t())
         # Leave every replica receiving again; the next round starts over.
         for n in stopped:
@@ -272,10 +286,12 @@ class Controller:
         read what each received. Raises if any of them cannot be stopped or read."""
         received = {}
         for n in replicas:
+            # Listed first: if the client times out, the server may still stop the thread,
+            # and a failed attempt must start it again.
+            stopped.append(n)
             # MariaDB answers STOP SLAVE only once the IO thread gives up its connection
             # attempt to a silent primary: seconds, more than the default 5 s budget.
             self.sql(n, "STOP SLAVE IO_THREAD", timeout=20)
-            stopped.append(n)
         io_stopped = time.monotonic()
         log("receiving-stopped", nodes=stopped, t=t())
         for n in replicas:
@@ -288,7 +304,7 @@ class Controller:
                 raise RuntimeError(f"cannot read what {n} received")
         return received, io_stopped
 
-    def promote(self, old, new, received, fenced_at, io_stopped, t):
+    def promote(self, old, new, received, fenced_at, io_stopped, t, committed):
         out = self.sql(new, f"SELECT MASTER_GTID_WAIT('{received}', 30)", 35).split()
         if out[-1:] != ["0"]:
             log("not-promoting", reason=f"{new} did not apply up to {received}")
@@ -307,6 +323,7 @@ class Controller:
         # No replica can acknowledge yet: semi-sync waits resume when one rejoins.
         self.sql(new, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled = OFF; "
                  "SET GLOBAL read_only = OFF;")  # fmt: skip
+        committed.append(new)
         self.epoch += 1
         self.primary = new
         self.save()
@@ -319,24 +336,21 @@ class Controller:
         self.last_renewal, self.semisync = time.monotonic(), "ON"
         log("failover", old=old, new=new, epoch=self.epoch, fenced_by="agent" if fenced_at
             else "lease", fault_to_promotion_s=promoted, fault_to_lease_s=t())  # fmt: skip
-        self.repoint_others(old, new)
         self.suspect_since, self.said = None, set()
         return True
 
-    def repoint_others(self, old, new):
-        """Replicas of the old primary (three or more db nodes) follow the new one.
+    def repoint_others(self, new, others):
+        """The other replicas, stopped for the failover, follow the new primary.
 
         Semi-sync is switched on at the new primary first: a replica negotiates it when its
         IO thread connects, so one that connected before would stay asynchronous."""
-        address, old_address = self.nodes[new]["address"], self.nodes[old]["address"]
-        others = [
-            n for n in self.nodes
-            if n not in (old, new)
-            and (self.get_state(n) or {}).get("replicating_from") == old_address
-        ]  # fmt: skip
         if not others:
             return
-        self.sql(new, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
+        address = self.nodes[new]["address"]
+        try:
+            self.sql(new, "SET GLOBAL rpl_semi_sync_master_enabled = ON")
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            log("error", error=f"semi-sync on at {new}: {exc}"[:300])
         moved = []
         for n in others:
             try:
@@ -344,11 +358,14 @@ class Controller:
                          f"CHANGE MASTER TO MASTER_HOST = '{address}', "
                          "MASTER_USE_GTID = slave_pos; START SLAVE;")  # fmt: skip
                 moved.append(n)
-            except RuntimeError as exc:
-                log("error", error=str(exc))
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                log("error", error=f"pointing {n} at {new}: {exc}"[:300])
         if not moved:
             # Nobody to acknowledge: commits would wait for the semi-sync timeout.
-            self.sql(new, "SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+            try:
+                self.sql(new, "SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                log("error", error=f"semi-sync off at {new}: {exc}"[:300])
             return
         log("replicas-follow", primary=new, replicas=moved)
 
