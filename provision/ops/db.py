@@ -212,10 +212,16 @@ def _semisync_when_last_writable(
         f'last_over_time((mysql_global_status_rpl_semi_sync_master_status{{host="{name}"}} '
         f'and on (host) mysql_global_variables_read_only{{host="{name}"}} == 0)[10m:5s])'
     )
-    url = f"http://127.0.0.1:{topo.port('prometheus')}/api/v1/query?query={query}"
+    url = f"{monitoring.scheme(topo)}://127.0.0.1:{topo.port('prometheus')}/api/v1/query?query={query}"
+    login = ""
+    if monitoring.uses_tls(topo):  # HTTPS with the operator's login, read on the monitor
+        login = (
+            f"--cacert {monitoring.CA_FILE} "
+            f'-u "{monitoring.OPERATOR_USER}:$(cat {monitoring.OPERATOR_PASSWORD_FILE})" '
+        )
     try:
         with connected(topo, eps, mon.name) as remote:
-            res = remote.run(f"curl -s --max-time 3 '{url}'", check=False)
+            res = remote.run(f"curl -s --max-time 3 {login}'{url}'", check=False)
         result = json.loads(res.stdout)["data"]["result"]
     except (DbOpError, ValueError, KeyError):
         return "unknown"
