@@ -30,6 +30,7 @@ from provision import PROJECT_ROOT, STATE_DIR, inventory, topology
 
 DOC = PROJECT_ROOT / "docs" / "throughput.md"
 DATA = PROJECT_ROOT / "docs" / "throughput.json"
+NOTES = "<!-- notes below are kept when bench/throughput.py rewrites this page -->"
 
 
 def one_run(url: str, users: int, seconds: int) -> dict[str, float]:
@@ -133,7 +134,9 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     DATA.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    DOC.write_text(render(data))
+    # Notes written by hand below the marker (an experiment, an explanation) are kept.
+    kept = DOC.read_text().partition(NOTES)[2] if DOC.exists() else ""
+    DOC.write_text(render(data) + (f"\n{NOTES}{kept}" if kept else ""))
     print(f"wrote {DOC.relative_to(PROJECT_ROOT)}")
     return 0
 

@@ -625,12 +625,18 @@ class Partition(Fault):
 
     def heal(self) -> str:
         dropped = 0
-        for member in self.members:
-            _, listing = self.machines.run(
-                member, "heal (read counters)", f"iptables -w -nvxL {CHAIN}", check=False
-            )
-            self.machines.run(member, f"heal ({self.name}: remove {CHAIN})", remove_script())
-            dropped += dropped_packets(listing)
+        failed: list[str] = []
+        for member in self.members:  # every member, even when one fails: then say which
+            try:
+                _, listing = self.machines.run(
+                    member, "heal (read counters)", f"iptables -w -nvxL {CHAIN}", check=False
+                )
+                self.machines.run(member, f"heal ({self.name}: remove {CHAIN})", remove_script())
+                dropped += dropped_packets(listing)
+            except DrillError as exc:
+                failed.append(str(exc))
+        if failed:
+            raise DrillError("; ".join(failed))
         where = " and ".join(self.members)
         if self.loss is not None:
             return f"removed {CHAIN} on {where} ({dropped} packets dropped)"
