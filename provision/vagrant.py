@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from provision import PROJECT_ROOT, box
@@ -53,6 +54,29 @@ def project_id() -> str:
     return hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:6]
 
 
+def shadowed_names(index_ids: dict[str, str]) -> dict[str, str]:
+    """{machine name: the other machine that Vagrant would take it for}.
+
+    Vagrant reads a name on its command line as an id of its global machine index first,
+    and an id prefix is enough: a machine named `db1` is taken for another whose random
+    index id starts with "db1" (hex: it happens about once in 150 bring-ups of hardened).
+    `index_ids`: machine name -> its index id (.vagrant/machines/NAME/PROVIDER/index_uuid).
+    """
+    return {
+        name: other
+        for name in index_ids
+        for other, uuid in index_ids.items()
+        if other != name and uuid.lower().startswith(name.lower())
+    }
+
+
+def index_ids(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    found = {}
+    for path in sorted((root / ".vagrant" / "machines").glob("*/*/index_uuid")):
+        found[path.parents[1].name] = path.read_text().strip()
+    return found
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m provision.vagrant",
@@ -67,7 +91,15 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vagrant-json", action="store_true", help="print the machines as JSON for the Vagrantfile"
     )
+    parser.add_argument(
+        "--shadowed",
+        action="store_true",
+        help="print the machines whose index id Vagrant would take another's name for",
+    )
     args = parser.parse_args(argv)
+    if args.shadowed:
+        print(" ".join(sorted(set(shadowed_names(index_ids()).values()))))
+        return 0
     try:
         topology = load(args.topology)
     except TopologyError as exc:

@@ -738,3 +738,12 @@ def test_a_bad_count_is_rejected_naming_the_key(
         topology.parse(with_web_group(count, **extra))
     assert info.value.key == key
     assert problem in info.value.problem
+
+
+def test_a_machine_whose_index_id_starts_with_another_machines_name_is_found() -> None:
+    from provision.vagrant import shadowed_names
+
+    ids = {"db1": "4a976bf92a01", "client": "db100672dbf1", "web1": "9f00aa"}
+    # `vagrant status db1` answers for client: client must get a new id.
+    assert shadowed_names(ids) == {"db1": "client"}
+    assert shadowed_names({"db1": "4a97", "client": "0db1"}) == {}
