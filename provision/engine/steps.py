@@ -199,7 +199,10 @@ class Service(Step):
             remote.run(f"systemctl enable {u}")
             done.append("enabled")
         if self.running and not active:
-            remote.run(f"systemctl start {u}")
+            # A package may have started its service before its config was in place and
+            # left it failed past systemd's start limit ("start request repeated too
+            # quickly": hardened's mysqld exporters, first deploy): clear that first.
+            remote.run(f"systemctl reset-failed {u} 2>/dev/null; systemctl start {u}")
             done.append("started")
         return Outcome(bool(done), ", ".join(done))
 
@@ -249,7 +252,8 @@ def restart_handler(unit: str) -> Handler:
     return Handler(
         f"restart {unit}",
         f"Restart {unit} (its configuration changed).",
-        f"systemctl daemon-reload && systemctl restart {unit}",
+        f"systemctl daemon-reload && {{ systemctl reset-failed {unit} 2>/dev/null; "
+        f"systemctl restart {unit}; }}",
     )
 
 
