@@ -44,6 +44,7 @@ def vagrant_view(topology: Topology) -> dict[str, Any]:
     return {
         "topology": topology.name,
         "project": project,
+        "checkout": str(PROJECT_ROOT),
         "docker_image": box.image_tag(),
         "machines": machines,
     }
