@@ -56,11 +56,6 @@ def eventually(check: object, limit: float = 60) -> bool:
 
 
 @pytest.mark.skipif(bool(scalable()), reason=scalable() or "scalable")
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap, measured in CI 2026-11-29: 8 of 5,950 requests failed during "
-    "scale out (254 s) and in (90 s); the cause is not found yet (issue 11 note)",
-)
 def test_scaling_the_web_tier_out_and_in_under_load_fails_no_request(tmp_path: Path) -> None:
     members = counted_members(TOPOLOGY, TIER)
     n = len(members)

@@ -10,9 +10,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from testinfra.host import Host
 
 from acceptance.conftest import TOPOLOGY
 from acceptance.site import SITE, raw_exchange, request, tls_socket
+from provision.ops.scale import admin_command
 
 WEBS = {h.name for h in TOPOLOGY.with_role("web")}
 JSON = {"Content-Type": "application/json"}
@@ -40,6 +42,27 @@ def nothing_stored_and_still_serving() -> Iterator[None]:
     assert request("GET", "/health").status == 200
     new = _post("still serving")
     assert json.loads(request("GET", f"/api/notes/{new}").body)["text"] == "still serving"
+
+
+def test_the_api_still_answers_when_no_server_passes_the_database_check(
+    machines: dict[str, Host],
+) -> None:
+    # A check that is only slow (a busy machine) must not cost requests: with the whole
+    # `api` pool out (maintenance, on every balancer), the API goes to the web servers.
+    def set_api(state: str) -> None:
+        for lb in TOPOLOGY.with_role("lb"):
+            for web in sorted(WEBS):
+                machines[lb.name].check_output(admin_command(f"set server api/{web} state {state}"))
+
+    set_api("maint")
+    try:
+        reply = request("GET", "/api/notes?limit=1")
+        new = _post("no api pool")
+    finally:
+        set_api("ready")
+    assert reply.status == 200, reply.body
+    assert reply.header("X-Served-By") in WEBS
+    assert json.loads(request("GET", f"/api/notes/{new}").body)["text"] == "no api pool"
 
 
 def test_the_home_page_names_the_server_that_answered() -> None:

@@ -60,6 +60,9 @@ class FakeDB:
         self.release = threading.Event()
         self.lose_commit = False
         self.page_connections = 0
+        self.writer_connections = 0
+        self.writer_gone_for = 0
+        """How many more writer connections fail before it answers (a brief gap)."""
 
     def add(self, text: str, server: str = "web2") -> dict[str, Any]:
         created = dt.datetime(2026, 11, 29, 12, 0, len(self.notes) % 60, 123456)
@@ -69,6 +72,10 @@ class FakeDB:
 
     def connect(self) -> FakeConnection:
         """Stands in for testbed_app.connect (the writer endpoint, for writes and reads)."""
+        self.writer_connections += 1
+        if self.writer_gone_for > 0:
+            self.writer_gone_for -= 1
+            raise testbed_app.NoWriter("2003: Can't connect to MySQL server")
         if "port" in self.down:
             raise testbed_app.NoWriter("2003: Can't connect to MySQL server")
         return FakeConnection(self, "port")
@@ -167,6 +174,8 @@ def db(config: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDB]:
     fake = FakeDB()
     monkeypatch.setattr(testbed_app, "connect", fake.connect)
     monkeypatch.setattr(testbed_app, "page_connect", fake.page_connect)
+    # A write waits 0.6 s for a writer here (4.5 s on the servers): tries every 0.25 s.
+    monkeypatch.setattr(testbed_app, "WRITE_PATIENCE", testbed_app.CONNECT_TIMEOUT + 0.6)
     yield fake
     fake.release.set()
 
@@ -586,9 +595,31 @@ def test_the_api_answers_503_json_when_no_node_takes_writes(db: FakeDB, client: 
     assert reply.get_json() == {"error": testbed_app.NO_WRITER, "status": 503}
 
 
+def test_a_note_waits_out_a_brief_gap_in_the_writer_and_is_stored_once(
+    db: FakeDB, client: Any
+) -> None:
+    db.writer_gone_for = 2
+    reply = client.post("/api/notes", base_url=SITE, json={"text": "patient"})
+    assert reply.status_code == 201, reply.get_json()
+    assert db.writer_connections == 3
+    assert [n["text"] for n in db.notes] == ["patient"]
+
+
+def test_a_note_gives_up_after_its_patience_with_503(db: FakeDB, client: Any) -> None:
+    db.down = {"port"}
+    started = time.monotonic()
+    reply = client.post("/api/notes", base_url=SITE, json={"text": "x"})
+    waited = time.monotonic() - started
+    assert reply.status_code == 503
+    assert db.writer_connections == 3  # at 0, 0.25 and 0.5 s; a fourth would start too late
+    assert 0.45 < waited < 1.0
+    assert db.notes == []
+
+
 def test_the_api_answers_500_json_when_the_commit_was_lost(db: FakeDB, client: Any) -> None:
     db.lose_commit = True
     reply = client.post("/api/notes", base_url=SITE, json={"text": "x"})
+    assert db.writer_connections == 1, "a commit whose outcome is unknown is never tried again"
     assert reply.status_code == 500
     assert reply.get_json() == {
         "error": "the database connection was lost during commit: "

@@ -57,6 +57,15 @@ MAX_BODY = 16 * 1024
 """Largest request body accepted, in bytes (nginx enforces the same limit)."""
 MAX_LIMIT = 100
 READ_RETRY_SECONDS = 0.6
+CONNECT_TIMEOUT = 2
+"""Seconds (whole: the connector's unit) for each connection to a database endpoint, and
+each read on it: a paused primary accepts the TCP connection but never greets."""
+WRITE_PATIENCE = 4.5
+"""Seconds a note may wait for a writer before the answer is 503. A write that was refused
+before COMMIT stored nothing, so it is tried again: a writer endpoint that drops the
+primary for a moment (its agent's poll stalled on a busy machine) costs no request. The
+last try starts early enough to end within the balancer's 5 s `timeout server`."""
+WRITE_RETRY_SECONDS = 0.25
 """One more try of the reader endpoint after this long (its checks run every 0.5 s)."""
 PAGE_NOTES = 20
 """How many of the latest notes the page lists."""
@@ -137,7 +146,7 @@ def _settings(endpoint: str = "port") -> dict[str, Any]:
         "database": db["name"],
         # Short: a paused primary accepts the TCP connection but never greets; a read
         # must fall back to a replica well within the client's patience.
-        "connection_timeout": 2,
+        "connection_timeout": CONNECT_TIMEOUT,
         "autocommit": False,
         # TLS when app.ini names a CA (option db_tls): the server's certificate must chain
         # to it; its name is not checked (the local endpoint picks the node).
@@ -265,8 +274,23 @@ def checked_text(text: object) -> str:
 def save_note(text: str) -> dict[str, Any]:
     """Store a checked note through the writer endpoint; the stored note once committed.
 
-    NoWriter when nothing was stored (no writer, or refused before COMMIT); Refused(500)
-    when the connection was lost during COMMIT (it may or may not have been saved)."""
+    A try refused before COMMIT stored nothing: it is tried again until WRITE_PATIENCE
+    runs out, then NoWriter (503). Refused(500) when the connection was lost during COMMIT
+    (it may or may not have been saved): never tried again, so no note is stored twice."""
+    started = time.monotonic()
+    while True:
+        try:
+            return store_note(text)
+        except NoWriter:
+            waited = time.monotonic() - started + WRITE_RETRY_SECONDS
+            if waited > WRITE_PATIENCE - CONNECT_TIMEOUT:
+                raise
+            time.sleep(WRITE_RETRY_SECONDS)
+
+
+def store_note(text: str) -> dict[str, Any]:
+    """One try of save_note: NoWriter when nothing was stored (no writer, or refused before
+    COMMIT); Refused(500) when the connection was lost during COMMIT."""
     conn = connect()
     try:
         cur = conn.cursor()
