@@ -556,6 +556,15 @@ def test_the_api_still_takes_json_without_any_token(db: FakeDB, client: Any) -> 
     assert client.get("/api/notes?limit=0", base_url=SITE).status_code == 400
 
 
+@pytest.mark.parametrize("limit", ["²", "٣", "５", " 5", "5 ", "+5", "0x5"])
+def test_a_list_limit_that_is_not_plain_ascii_digits_is_400(
+    db: FakeDB, client: Any, limit: str
+) -> None:
+    reply = client.get("/api/notes", base_url=SITE, query_string={"limit": limit})
+    assert reply.status_code == 400
+    assert reply.get_json()["error"] == "limit must be an integer from 1 to 100"
+
+
 MALFORMED = 'malformed JSON: expected an object like {"text": "..."}'
 REQUIRED = "field 'text' is required and must be a non-empty string"
 JSON = "application/json"

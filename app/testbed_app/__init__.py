@@ -340,7 +340,9 @@ def get_note(note_id: int) -> tuple[Response, int]:
 @app.get("/api/notes")
 def list_notes() -> tuple[Response, int]:
     raw = request.args.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses
+    # (or reads as another number): a 500 where the client sent a bad number.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         return error(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
     rows = read(
         "SELECT id, text, server, created FROM notes ORDER BY id DESC LIMIT %s", (int(raw),)
