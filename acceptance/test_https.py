@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import ssl
+import subprocess
 import threading
 import time
 
@@ -92,6 +93,48 @@ def test_a_strong_tls_1_2_cipher_is_accepted() -> None:
 
 def test_hsts_is_sent_for_two_years() -> None:
     assert request("GET", "/").header("strict-transport-security") == "max-age=63072000"
+
+
+@pytest.mark.parametrize(
+    "method,path,host,status",
+    [("GET", "/", "evil.example", 421), ("GET", "/nope", None, 404)],
+    ids=["haproxy-421", "app-404"],
+)
+def test_hsts_is_on_every_https_answer_the_balancer_makes_too(
+    method: str, path: str, host: str | None, status: int
+) -> None:
+    reply = SITE_CLIENT.request(method, path, host=host)
+    assert reply.status == status
+    assert reply.header("strict-transport-security") == "max-age=63072000"
+
+
+# Mozilla intermediate's groups are X25519, prime256v1 and secp384r1; OpenSSL's default
+# would add X448 and secp521r1. The client lists the group first, then P-256 (the site's
+# ECDSA certificate needs P-256 in TLS 1.2), and the server follows the client's order:
+# the key exchange uses the group exactly when the server accepts it.
+GROUPS = {"X25519": ("X25519", True), "P-384": ("secp384r1", True)}
+GROUPS |= {"X448": ("X448", False), "P-521": ("secp521r1", False)}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_only_the_profiles_key_exchange_groups_are_accepted(group: str, version: str) -> None:
+    name, accepted = GROUPS[group]
+    entry = SITE_CLIENT.entry
+    target = f"{entry.address}:{entry.https}"
+    res = subprocess.run(
+        ["openssl", "s_client", "-connect", target, "-servername", SITE]
+        + ["-groups", f"{group}:P-256", version, "-brief"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    said = res.stdout + res.stderr
+    key = [line for line in said.splitlines() if "Temp Key:" in line]
+    assert res.returncode == 0 and key, said[-400:]
+    assert (name in key[0]) == accepted, key[0]
 
 
 PATHS = ["/", "/api/notes?limit=5", "/does/not/exist", "/a%20b?q=%22x%22"]

@@ -18,6 +18,8 @@ class TlsPolicy:
     """TLS 1.2 cipher list (OpenSSL names), in order of preference."""
     ciphersuites: tuple[str, ...]
     """TLS 1.3 cipher suites."""
+    groups: tuple[str, ...]
+    """Key exchange groups (curves) offered, OpenSSL names."""
     hsts_max_age: int
 
     @property
@@ -27,6 +29,10 @@ class TlsPolicy:
     @property
     def ciphersuite_string(self) -> str:
         return ":".join(self.ciphersuites)
+
+    @property
+    def group_string(self) -> str:
+        return ":".join(self.groups)
 
 
 INTERMEDIATE = TlsPolicy(
@@ -49,5 +55,7 @@ INTERMEDIATE = TlsPolicy(
         "TLS_AES_256_GCM_SHA384",
         "TLS_CHACHA20_POLY1305_SHA256",
     ),
+    # The profile's "tls_curves": OpenSSL's default would also offer X448 and secp521r1.
+    groups=("X25519", "prime256v1", "secp384r1"),
     hsts_max_age=63072000,
 )

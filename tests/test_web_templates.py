@@ -35,7 +35,10 @@ def test_haproxy_uses_the_mozilla_intermediate_ciphers_and_tls_1_2_minimum() -> 
     cfg = _haproxy()
     assert f"ssl-default-bind-ciphers {tls.INTERMEDIATE.cipher_string}" in cfg
     assert "ssl-min-ver TLSv1.2" in cfg
-    assert 'Strict-Transport-Security "max-age=63072000"' in cfg
+    # The profile's groups, written out by hand: not derived from the policy object.
+    assert "ssl-default-bind-curves X25519:prime256v1:secp384r1" in cfg
+    # On HAProxy's own answers too (http-response would skip its 400/421/503).
+    assert 'http-after-response set-header Strict-Transport-Security "max-age=63072000"' in cfg
 
 
 def test_every_redirect_is_a_301() -> None:
