@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from acceptance.conftest import TOPOLOGY
-from provision import STATE_DIR, inventory, topology
+from provision import STATE_DIR, dbcluster, inventory, topology
 from provision.drills.workload import Workload
 from provision.engine import Remote
 from provision.ops.scale import counted_members
@@ -99,3 +99,12 @@ def test_scaling_the_web_tier_out_and_in_under_load_fails_no_request(tmp_path: P
     # The new server took its share between joining and being drained.
     assert any(marks["out_done"] < r["start"] < marks["in"] for r in served)
     assert new not in topology.load(TOPOLOGY.name).hosts
+    # Forgotten by the database nodes too (each keeps its own accounts): none is left for
+    # the removed server's address.
+    back = topology.load(TOPOLOGY.name)
+    back_eps = inventory.load(back)
+    for node in dbcluster.db_hosts(back):
+        gone = scaled.address_for(node, scaled.hosts[new])
+        with Remote(node, back_eps[node.name]) as r:
+            rows = dbcluster.mysql(r, f"SELECT User FROM mysql.user WHERE Host = '{gone}';")
+        assert not rows, f"{node.name} still has accounts for {new} ({gone}): {rows}"

@@ -261,3 +261,25 @@ def test_a_connection_that_moved_with_the_floating_address_is_reset_not_dropped(
     assert {(r.split()[3], int(r.split("--dport ")[1].split()[0])) for r in resets} == expected
     # Nothing else is reset, and seed has no floating address.
     assert not firewall.stray_resets(seed, firewall.accepts(seed, seed.hosts["lb1"], "172.17.0.1"))
+
+
+def test_scaling_in_leaves_no_database_account_for_the_removed_web_server(
+    hardened: Topology,
+) -> None:
+    from provision.roles import db
+
+    doc = yaml.safe_load(TEXT)
+    doc["hosts"]["web"]["count"] = 3
+    scaled = topology.parse(yaml.safe_dump(doc), "scaled.yml")
+
+    def kept(topo: Topology) -> str:
+        sql = db.stray_accounts_sql(topo, topo.hosts["db1"])
+        assert "WHERE User IN ('app', 'repl', 'failover')" in sql
+        return sql.split("NOT IN (")[1].split(")")[0]
+
+    # Scaled out, web3's account is one of the node's own; scaled back in, it is a stray.
+    assert "'app'@'192.168.57.23'" in kept(scaled)
+    assert kept(hardened) == (
+        "\"'app'@'192.168.57.21'\", \"'app'@'192.168.57.22'\", "
+        "\"'failover'@'192.168.57.30'\", \"'repl'@'192.168.57.42'\", \"'repl'@'192.168.57.43'\""
+    )

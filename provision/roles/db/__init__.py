@@ -207,6 +207,23 @@ def users(topology: Topology, host: Host) -> list[DbUser]:
     return result
 
 
+NETWORK_USERS = (APP_USER, dbcluster.REPL_USER, FAILOVER_USER)
+"""The accounts that log in from other hosts: one row per allowed source address."""
+
+
+def stray_accounts_sql(topology: Topology, host: Host) -> str:
+    """A query listing the network users' accounts whose source is no longer a host of the
+    topology (a web server scaled in, a replica removed), as `'user'@'host'` lines."""
+    wanted = sorted(u.account for u in users(topology, host) if u.user in NETWORK_USERS)
+    names = ", ".join(f"'{n}'" for n in NETWORK_USERS)
+    keep = ", ".join(f'"{a}"' for a in wanted) or "''"
+    return (
+        "SELECT CONCAT(QUOTE(User), '@', QUOTE(Host)) FROM mysql.user "
+        f"WHERE User IN ({names}) AND CONCAT(QUOTE(User), '@', QUOTE(Host)) NOT IN ({keep}) "
+        "ORDER BY User, Host;\n"
+    )
+
+
 def absent_users(topology: Topology, host: Host) -> list[tuple[str, str]]:
     """(user, host) accounts that must not exist: the failover account while automatic
     failover is off."""
@@ -284,6 +301,19 @@ def steps(ctx: HostContext) -> list[Step]:
                 f"DROP USER IF EXISTS '{name}'@'{source}';\n",
             )
         )
+    stray = stray_accounts_sql(topo, host)
+    result.append(
+        Command(
+            "Ensure no app, replication or failover account is left for a host the topology "
+            "no longer has.",
+            check='[ -z "$(mariadb -N -B)" ]',
+            check_stdin=stray,
+            # Each node's accounts are its own (never replicated): sql_log_bin off.
+            run="mariadb -N -B | sed 's/.*/DROP USER &;/' | "
+            "(echo 'SET SESSION sql_log_bin = 0;'; cat) | mariadb",
+            run_stdin=stray,
+        )
+    )
     result += [
         system_user("dbcheck"),
         role_script(
