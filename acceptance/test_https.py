@@ -96,16 +96,25 @@ def test_hsts_is_sent_for_two_years() -> None:
 
 
 @pytest.mark.parametrize(
-    "method,path,host,status",
-    [("GET", "/", "evil.example", 421), ("GET", "/nope", None, 404)],
-    ids=["haproxy-421", "app-404"],
+    "path,host,status",
+    [
+        ("/", "evil.example", 421),
+        ("/nope", None, 404),
+        ("/api/notes?limit=1", None, 200),
+        ("/", None, 200),
+    ],  # fmt: skip
+    ids=["haproxy-421", "app-404", "api", "page"],
 )
-def test_hsts_is_on_every_https_answer_the_balancer_makes_too(
-    method: str, path: str, host: str | None, status: int
+def test_every_https_answer_carries_the_security_headers(
+    path: str, host: str | None, status: int
 ) -> None:
-    reply = SITE_CLIENT.request(method, path, host=host)
+    reply = SITE_CLIENT.request("GET", path, host=host)
     assert reply.status == status
     assert reply.header("strict-transport-security") == "max-age=63072000"
+    assert reply.header("x-content-type-options") == "nosniff"
+    assert reply.header("x-frame-options") == "DENY"
+    policy = reply.header("content-security-policy")
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy, policy
 
 
 # Mozilla intermediate's groups are X25519, prime256v1 and secp384r1; OpenSSL's default
