@@ -190,12 +190,19 @@ def test_a_request_with_both_content_length_and_transfer_encoding_is_refused() -
 
 
 @pytest.mark.usefixtures("nothing_stored_and_still_serving")
-def test_a_client_sending_headers_byte_by_byte_is_cut_off() -> None:
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_client_sending_its_request_byte_by_byte_is_cut_off(part: str) -> None:
     sock = tls_socket()
     started = time.monotonic()
     closed_after = None
+    start = f"GET / HTTP/1.1\r\nHost: {SITE}\r\n"
+    if part == "body":  # complete headers, then a body that never quite arrives
+        start = (
+            f"POST /api/notes HTTP/1.1\r\nHost: {SITE}\r\nContent-Type: application/json\r\n"
+            'Content-Length: 200\r\n\r\n{"text": "'
+        )
     try:
-        sock.sendall(f"GET / HTTP/1.1\r\nHost: {SITE}\r\n".encode())
+        sock.sendall(start.encode())
         sock.settimeout(1)
         for _ in range(20):  # 20 s of trickling, well past `timeout http-request 5s`
             try:
