@@ -1,4 +1,5 @@
-"""sshd is hardened on every machine: keys only, no root login, as sshd itself reports."""
+"""sshd is hardened on every machine: keys only, one account, no root login, no forwarding,
+as sshd itself reports and as a login attempt proves."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ EFFECTIVE = {
     "permitemptypasswords": "no",
     "pubkeyauthentication": "yes",
     "x11forwarding": "no",
+    "allowagentforwarding": "no",
+    "allowtcpforwarding": "no",
+    "allowstreamlocalforwarding": "no",
+    "permittunnel": "no",
 }
 
 
@@ -30,6 +35,21 @@ def test_sshd_effective_setting(
         line.split(" ", 1) for line in machines[name].check_output("sshd -T").splitlines()
     )
     assert effective[keyword] == value
+
+
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_sshd_lets_in_only_the_account_the_deploy_uses(
+    machines: dict[str, testinfra.host.Host], endpoints: dict[str, Endpoint], name: str
+) -> None:
+    effective = [
+        line.split(" ", 1)[1]
+        for line in machines[name].check_output("sshd -T").splitlines()
+        if line.startswith("allowusers ")
+    ]
+    assert effective == [endpoints[name].user]
+    # No drop-in sorts before the project's own, so none can win a keyword over it.
+    first = machines[name].check_output("ls /etc/ssh/sshd_config.d/ | sort | head -1")
+    assert first == "00-webinfra-testbed.conf"
 
 
 def _transport(ep: Endpoint) -> paramiko.Transport:
@@ -55,20 +75,33 @@ def test_sshd_offers_public_key_authentication_only(
 
 @pytest.mark.parametrize("name", HOST_NAMES)
 def test_root_cannot_log_in_even_with_a_valid_key(
-    endpoints: dict[str, Endpoint], name: str
+    machines: dict[str, testinfra.host.Host], endpoints: dict[str, Endpoint], name: str
 ) -> None:
     ep = endpoints[name]
     assert ep.key_file
     key = paramiko.RSAKey.from_private_key_file(ep.key_file)
     transport = _transport(ep)
     try:
-        # The same key logs in as the vagrant user, so only the root rule can refuse it.
+        # The key logs in as the deploy's user...
         assert transport.auth_publickey(ep.user, key) == []
     finally:
         transport.close()
-    transport = _transport(ep)
+    # ...and, for this test only, root is given the same key: only PermitRootLogin (and
+    # AllowUsers) can refuse it now.
+    auth = "/root/.ssh/authorized_keys"
+    saved = "/root/.ssh/authorized_keys.testbed-saved"
+    machine = machines[name]
+    public = f"{key.get_name()} {key.get_base64()} root-login-test"
+    machine.check_output(
+        f"install -d -m 700 /root/.ssh && {{ [ ! -e {auth} ] || cp -p {auth} {saved}; }} && "
+        f"echo '{public}' >> {auth} && chmod 600 {auth}"
+    )
     try:
-        with pytest.raises(paramiko.AuthenticationException):
-            transport.auth_publickey("root", key)
+        transport = _transport(ep)
+        try:
+            with pytest.raises(paramiko.AuthenticationException):
+                transport.auth_publickey("root", key)
+        finally:
+            transport.close()
     finally:
-        transport.close()
+        machine.check_output(f"if [ -e {saved} ]; then mv {saved} {auth}; else rm -f {auth}; fi")

@@ -42,7 +42,7 @@ def addresses_of(viewer: str, name: str) -> list[str]:
 def sshd_settings() -> dict[str, str]:
     """Keyword -> value as sshd reads it: case-insensitive keywords, the first value wins."""
     settings: dict[str, str] = {}
-    for line in render("common", "sshd.conf.j2").splitlines():
+    for line in render("common", "sshd.conf.j2", users=["vagrant"]).splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             keyword, value = line.split(None, 1)
             settings.setdefault(keyword.lower(), value.strip())
@@ -101,7 +101,7 @@ def test_hosts_entries_put_site_names_on_the_load_balancer_line(seed: Topology) 
 
 
 def test_sshd_dropin_starts_with_the_managed_by_header() -> None:
-    assert render("common", "sshd.conf.j2").startswith(
+    assert render("common", "sshd.conf.j2", users=["vagrant"]).startswith(
         "# Managed by webinfra-testbed from provision/roles/common/templates/sshd.conf.j2;"
     )
 
@@ -124,7 +124,7 @@ def test_sshd_dropin_hardens(keyword: str, value: str) -> None:
 def test_sshd_dropin_sets_each_keyword_once() -> None:
     keywords = [
         line.split()[0].lower()
-        for line in render("common", "sshd.conf.j2").splitlines()
+        for line in render("common", "sshd.conf.j2", users=["vagrant"]).splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert len(keywords) == len(set(keywords))

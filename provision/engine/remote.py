@@ -100,12 +100,13 @@ class Remote:
         res = self.conn.run(
             "echo $SSH_CLIENT; nproc; uname -m; "
             "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'; "
-            "ip -o -4 addr show 2>/dev/null | awk '{print $2 \"=\" $4}' | tr '\\n' ' '",
+            "ip -o -4 addr show 2>/dev/null | awk '{print $2 \"=\" $4}' | tr '\\n' ' '; "
+            "echo; id -un",
             hide=True,
             in_stream=False,
             warn=True,
         )
-        lines = res.stdout.splitlines() + ["", "", "", "", ""]
+        lines = res.stdout.splitlines() + ["", "", "", "", "", ""]
         client = lines[0].split()
         return {
             "ssh_client": client[0] if client else "127.0.0.1",
@@ -114,6 +115,8 @@ class Remote:
             "python": lines[3].strip(),
             # "eth1=192.168.56.11/24 eth2=..."; read with interface_of().
             "interfaces": lines[4].strip(),
+            # Who the deploy logs in as: the one account sshd lets in (AllowUsers).
+            "ssh_user": lines[5].strip(),
         }
 
     def output_bytes(self, command: str) -> bytes:

@@ -16,7 +16,10 @@ from provision.engine import (
 from provision.topology import Host, Topology
 
 BASE_PACKAGES = ("ca-certificates", "curl", "netcat-openbsd", "procps", "tzdata", "less")
-SSHD_DROPIN = "/etc/ssh/sshd_config.d/50-webinfra-testbed.conf"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-webinfra-testbed.conf"
+"""Named to sort first: sshd keeps the first value it reads for a keyword, and an image's
+own drop-ins (cloud images ship 50-cloud-init.conf, which may allow passwords) come later."""
+OLD_SSHD_DROPINS = ("/etc/ssh/sshd_config.d/50-webinfra-testbed.conf",)
 TIMEZONE = "Etc/UTC"
 
 
@@ -41,6 +44,13 @@ def hosts_entries(topology: Topology, viewer: Host) -> list[tuple[str, list[str]
     return entries
 
 
+def sshd_users(ctx: HostContext) -> list[str]:
+    """The accounts sshd lets in: the one the deploy logs in as (vagrant, or the inventory's
+    user), which every task and test uses too."""
+    user = ctx.facts.get("ssh_user", "")
+    return [user] if user else ["vagrant"]
+
+
 def steps(ctx: HostContext) -> list[Step]:
     host = ctx.host
     return [
@@ -56,9 +66,15 @@ def steps(ctx: HostContext) -> list[Step]:
             name="Ensure /etc/hosts resolves every testbed host.",
         ),
         Packages(BASE_PACKAGES, name="Ensure the base packages are installed."),
+        Command(
+            "Ensure no earlier name of the sshd drop-in is left.",
+            check=" && ".join(f"[ ! -e {p} ]" for p in OLD_SSHD_DROPINS),
+            run="rm -f " + " ".join(OLD_SSHD_DROPINS),
+            notify=["reload ssh"],
+        ),
         File(
             SSHD_DROPIN,
-            render("common", "sshd.conf.j2"),
+            render("common", "sshd.conf.j2", users=sshd_users(ctx)),
             mode="0600",
             validate="/usr/sbin/sshd -t -f {path}",
             notify=["reload ssh"],
