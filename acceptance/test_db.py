@@ -12,6 +12,7 @@ import testinfra
 
 from acceptance.conftest import TOPOLOGY
 from acceptance.probe import probe_script
+from acceptance.seed_matrix import SEED_DB_ACCOUNTS
 from acceptance.site import JSON, request
 from provision import dbcluster, engine, layout, secrets
 from provision.inventory import Endpoint
@@ -201,6 +202,19 @@ def test_the_app_user_exists_only_for_the_app_hosts(remote: Opener, primary: str
     )
     expected = sorted(src for _, src in db.app_clients(TOPOLOGY, TOPOLOGY.hosts[primary]))
     assert [r[0] for r in rows] == expected
+
+
+@pytest.mark.skipif(TOPOLOGY.name != "seed", reason="the hand-written accounts are seed's")
+@pytest.mark.parametrize("node", sorted(SEED_DB_ACCOUNTS))
+def test_each_seed_node_has_exactly_the_hand_written_accounts(remote: Opener, node: str) -> None:
+    # Independent of the role's code: acceptance/seed_matrix.py is written by hand.
+    # ...and the failover account, which seed (no automatic failover) must not have.
+    users = {u for u, _ in SEED_DB_ACCOUNTS[node]} | {"failover"}
+    managed = ", ".join(f"'{u}'" for u in sorted(users))
+    rows = dbcluster.mysql(
+        remote(node), f"SELECT User, Host FROM mysql.user WHERE User IN ({managed});"
+    )
+    assert {(r[0], r[1]) for r in rows} == SEED_DB_ACCOUNTS[node]
 
 
 def test_the_replication_user_cannot_read_the_app_tables(

@@ -19,6 +19,7 @@ import testinfra
 
 from acceptance.conftest import HOST_NAMES, TOPOLOGY
 from acceptance.probe import LISTENER, probe_script
+from acceptance.seed_matrix import SEED_OPEN
 
 FLOW_PORTS = sorted({f.port for f in TOPOLOGY.flows if f.proto == "tcp"})
 PORTS = sorted({22, *FLOW_PORTS})
@@ -104,6 +105,16 @@ def matrix(
         for d, a, p in targets:
             results[(src, d, a, p)] = by_target[(a, p)]
     return results
+
+
+@pytest.mark.skipif(TOPOLOGY.name != "seed", reason="the hand-written matrix is seed's")
+def test_seed_opens_exactly_the_hand_written_matrix(
+    matrix: dict[tuple[str, str, str, int], str],
+) -> None:
+    # Independent of the rule generator: acceptance/seed_matrix.py is written by hand.
+    opened = {key for key, result in matrix.items() if result == "open"}
+    assert sorted(opened - SEED_OPEN) == [], "open, and the design does not allow it"
+    assert sorted(SEED_OPEN - opened) == [], "the design allows it, and it does not connect"
 
 
 @pytest.mark.parametrize("port", PORTS)
