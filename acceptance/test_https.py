@@ -34,6 +34,14 @@ def test_the_chain_verifies_against_the_testbed_ca_for_each_site_name(name: str)
     assert issuer["commonName"] == "webinfra-testbed CA"
 
 
+def test_the_site_certificate_lives_at_most_90_days() -> None:
+    # Mozilla's intermediate profile allows 366 days; the testbed issues 90 and renews.
+    with tls_socket() as sock:
+        cert = sock.getpeercert()
+    life = ssl.cert_time_to_seconds(cert["notAfter"]) - ssl.cert_time_to_seconds(cert["notBefore"])
+    assert life <= 90 * 86400 + 300, f"{life / 86400:.1f} days"
+
+
 def test_the_certificate_is_not_trusted_without_the_testbed_ca() -> None:
     with pytest.raises(ssl.SSLCertVerificationError):
         tls_socket(ssl.create_default_context()).close()

@@ -27,8 +27,10 @@ from provision import STATE_DIR
 
 SECRETS_DIR = STATE_DIR / "secrets"
 CA_DAYS = 3650
-LEAF_DAYS = 397
-"""Browsers refuse leaf certificates valid for more than 398 days."""
+LEAF_DAYS = 90
+"""Mozilla's profiles allow 366 days at most (browsers 398); 90 keeps a stolen key short-lived.
+Every deploy renews a certificate with RENEW_BEFORE_DAYS or fewer left, and the
+CertificateExpiringSoon alert fires at 14: a deploy a month keeps the site covered."""
 RENEW_BEFORE_DAYS = 30
 
 
@@ -195,8 +197,8 @@ def leaf(
     (extended key usage serverAuth), or with `client` for a client (clientAuth only, so it
     can never serve a site, and no server certificate can pass as it).
 
-    Issued again when asked (`renew`), when its names change, or when it expires
-    within RENEW_BEFORE_DAYS.
+    Issued again when asked (`renew`), when its names change, when it expires within
+    RENEW_BEFORE_DAYS, or when it was issued for longer than LEAF_DAYS.
     """
     with _LOCK:
         return _leaf(name, dns, ips, base, renew, client)
@@ -211,8 +213,12 @@ def _leaf(
     if key_path.exists() and cert_path.exists() and not renew:
         current = KeyPair(key_path.read_bytes(), cert_path.read_bytes())
         expires = current.cert.not_valid_after_utc
-        if _sans(current.cert) == wanted and expires - _now() > dt.timedelta(
-            days=RENEW_BEFORE_DAYS
+        lifetime = expires - current.cert.not_valid_before_utc
+        if (
+            _sans(current.cert) == wanted
+            and expires - _now() > dt.timedelta(days=RENEW_BEFORE_DAYS)
+            # One issued under a longer-lived policy is replaced at the next deploy.
+            and lifetime <= dt.timedelta(days=LEAF_DAYS, minutes=5)
         ):
             return current
     authority = ca(base)
