@@ -8,17 +8,21 @@ on seed, TLS with `db_tls` (hardened).
 
 from __future__ import annotations
 
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import testinfra
 
 from acceptance.conftest import FILE_OPTIONS, TOPOLOGY, restore_option
 from acceptance.site import request
-from provision import dbcluster, monitoring
+from provision import dbcluster, monitoring, secrets
 from provision.inventory import Endpoint
+from provision.ops.scale import BACKENDS, admin_command
+from provision.roles.web import CERT_DIR
 from provision.testkit import fab
 
 # A web host: the load balancer's backend traffic to it is what the capture reads.
@@ -183,3 +187,50 @@ def test_the_agents_pushes_carry_no_clear_text_with_monitor_tls_and_do_without_i
         assert "POST /api/v1/write" not in text and "node_" not in text
     else:
         assert "POST /api/v1/write" in text, "without monitor_tls the pushes are clear text"
+
+
+def _server_status(lb: testinfra.host.Host, server: str) -> set[str]:
+    """The status of `server` in both web backends, from HAProxy's admin socket."""
+    out = lb.check_output(admin_command("show stat"))
+    header = out.splitlines()[0][2:].split(",")
+    px, sv, status = header.index("pxname"), header.index("svname"), header.index("status")
+    rows = [line.split(",") for line in out.splitlines()[1:] if line]
+    return {r[status] for r in rows if len(r) > status and r[px] in BACKENDS and r[sv] == server}
+
+
+@pytest.mark.disruptive
+@pytest.mark.usefixtures("reencrypted")
+def test_a_backend_with_a_certificate_from_another_ca_is_taken_out_of_the_pool(
+    machines: dict[str, testinfra.host.Host], tmp_path: Path
+) -> None:
+    """The balancers verify the backend: the same names, signed by a CA they do not trust,
+    take the server out of the pool (its checks fail) and no request reaches it."""
+    web = TOPOLOGY.hosts[WEB]
+    impostor = secrets.leaf(
+        f"backend-{WEB}", [WEB], [str(a) for a in web.addresses.values()], base=tmp_path
+    )
+    assert impostor.cert.issuer == secrets.ca().cert.subject  # the same CA name, another key
+    machine = machines[WEB]
+    lbs = [machines[h.name] for h in TOPOLOGY.with_role("lb")]
+    crt, key = f"{CERT_DIR}/backend.crt", f"{CERT_DIR}/backend.key"
+    machine.check_output(f"cp -p {crt} {crt}.saved && cp -p {key} {key}.saved")
+    try:
+        machine.check_output(
+            f"printf %s {shlex.quote(impostor.cert_pem.decode())} > {crt} && "
+            f"printf %s {shlex.quote(impostor.key_pem.decode())} > {key} && "
+            "systemctl reload nginx"
+        )
+        deadline = time.monotonic() + 15
+        while any(_server_status(lb, WEB) != {"DOWN"} for lb in lbs):
+            assert time.monotonic() < deadline, [_server_status(lb, WEB) for lb in lbs]
+            time.sleep(0.5)
+        served = {request("GET", "/health").header("x-served-by") for _ in range(10)}
+        assert WEB not in served and served, served
+    finally:
+        machine.check_output(
+            f"mv {crt}.saved {crt} && mv {key}.saved {key} && systemctl reload nginx"
+        )
+    deadline = time.monotonic() + 15
+    while any(_server_status(lb, WEB) != {"UP"} for lb in lbs):
+        assert time.monotonic() < deadline, "the server did not come back with its certificate"
+        time.sleep(0.5)
