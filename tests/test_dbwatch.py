@@ -108,6 +108,27 @@ def test_a_replica_that_still_receives_vouches_for_the_primary(tmp_path: Path) -
     assert s.c.primary == "db1" and not s.statements
 
 
+@pytest.mark.parametrize("silent_for,promoted", [(20.0, True), (5.0, False)])
+def test_a_wedged_primary_is_failed_over_though_its_replicas_still_hold_a_connection(
+    tmp_path: Path, silent_for: float, promoted: bool
+) -> None:
+    # db1's agent answers: its MariaDB has answered no query for `silent_for` seconds, while
+    # the replicas' IO threads still say Yes (a wedged server's heartbeats). 15 s counts.
+    wedged = {"mariadb": "unresponsive"}
+    s = Stub(tmp_path, {"db1": wedged, "db2": replica(io="Yes"), "db3": replica(io="Yes")},
+             {"db2": "0-1-10", "db3": "0-1-11"})  # fmt: skip
+    s.c.cfg["wedged_seconds"] = 15.0
+    s.c.semisync = "ON"
+    fenced = []
+    s.c.post = lambda n, path, **kw: (
+        (200, {}) if n != "db1" or fenced.append(path) or path == "/fence" else (503, wedged)
+    )
+    s.c.suspect_since = time.monotonic() - silent_for
+    s.round()
+    assert (s.c.primary == "db3") == promoted
+    assert ("/fence" in fenced) == promoted, "it is fenced through its agent first"
+
+
 def test_a_stop_that_fails_restarts_every_replica_it_touched(tmp_path: Path) -> None:
     s = Stub(tmp_path, {"db2": replica(), "db3": replica()}, {"db2": "0-1-10", "db3": "0-1-11"})
     s.fail_on = ("db3", "STOP SLAVE IO_THREAD")

@@ -59,9 +59,26 @@ SAMPLE_SQL = r"SELECT @@read_only AS read_only\G SHOW SLAVE STATUS\G"
 SAMPLE_COMMAND = f"timeout 1 mariadb --connect-timeout=1 -e {shlex.quote(SAMPLE_SQL)}"
 SAMPLE_SSH_TIMEOUT = 3
 """Seconds for one sample's SSH round trip, connection included, before it reads as null."""
+SAMPLE_MAX_BACKOFF = 4.0
+"""Longest pause between samples of a node whose MariaDB keeps timing out. A sample that
+times out leaves its query blocked inside a hung server, holding a connection: at one
+every 0.5 s, the observer alone would use up the server's 151 within 75 s (the split drill
+saw it), turning a hang the system could recover from into one it cannot."""
 
 
 # --------------------------------------------------------------------------- pure parts
+
+
+TIMED_OUT = 124
+"""timeout(1)'s exit code: the server took the connection and did not answer in time."""
+
+
+def sample_pause(timeouts: int) -> float:
+    """Seconds to the next sample after `timeouts` timed-out samples in a row: the usual
+    pace, then doubling up to SAMPLE_MAX_BACKOFF while the server stays hung."""
+    if timeouts <= 1:
+        return SAMPLE_INTERVAL
+    return float(min(SAMPLE_INTERVAL * 2 ** (timeouts - 1), SAMPLE_MAX_BACKOFF))
 
 
 def parse_sample(rc: int, output: str) -> tuple[bool | None, str, str]:
@@ -259,6 +276,7 @@ class Sampler:
         )
         remote: Remote | None = None
         due = time.monotonic()
+        timeouts = 0
         while not self._stop.is_set():
             t = time.time()
             writable, detail, repl, error = None, "no answer", "", ""
@@ -269,6 +287,7 @@ class Sampler:
                     command, hide=True, warn=True, in_stream=False, timeout=SAMPLE_SSH_TIMEOUT
                 )
                 writable, detail, repl = parse_sample(res.exited, res.stdout)
+                timeouts = timeouts + 1 if res.exited == TIMED_OUT else 0
             except Exception as exc:  # SSH gone (machine stopped): reconnect next round
                 error = f"{type(exc).__name__}: {exc}"[:200]
                 if remote is not None:
@@ -286,7 +305,7 @@ class Sampler:
             if error:
                 record["error"] = error
             self.out.append(record)
-            due += SAMPLE_INTERVAL
+            due += sample_pause(timeouts)
             wait = due - time.monotonic()
             if wait < 0:  # fell behind (a slow answer): keep the pace from now on
                 due, wait = time.monotonic(), 0.0

@@ -37,6 +37,11 @@ FENCE_MARGIN_SECONDS = 1.5
 WRITER_CHECK_WINDOW_SECONDS = 1.0
 """Waited after an agent confirmed a fence: the writer endpoints check every 0.5 s."""
 SPLIT_BRAIN_GRACE_SECONDS = 2.0
+WEDGED_SECONDS = 15.0
+"""How long the primary's own agent must say MariaDB does not answer (its process is there,
+but no query returns) before that counts as dead, even while replicas still hold a
+connection to it: a wedged server keeps its replication threads, and their heartbeats, but
+takes no write (the split drill found one, after a replica reconnected)."""
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -63,6 +68,7 @@ def steps(ctx: HostContext) -> list[Step]:
         "check_port": topo.port("dbcheck"),
         "client_cnf": CLIENT_CNF,
         "confirm_seconds": CONFIRM_SECONDS,
+        "wedged_seconds": WEDGED_SECONDS,
         "interval_seconds": INTERVAL_SECONDS,
         "lease_seconds": dbcluster.LEASE_SECONDS,
         "fence_margin": FENCE_MARGIN_SECONDS,

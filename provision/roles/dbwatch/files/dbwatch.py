@@ -197,11 +197,22 @@ class Controller:
             seen = own or {}
             log("fault-seen", primary=p, agent="unreachable" if own is None else "answers",
                 mariadb=seen.get("mariadb"), read_only=seen.get("read_only"))  # fmt: skip
-        # A witness on the host itself: MariaDB is gone, or came back read-only (fenced).
-        host_says_dead = own is not None and (
-            own.get("mariadb") == "down" or (own.get("mariadb") == "up" and own.get("read_only"))
+        # A witness on the host itself: MariaDB is gone, or came back read-only (fenced), or
+        # has answered no query for wedged_seconds while its agent answers us (a wedged
+        # server: its replicas may still "receive" its heartbeats, yet it takes no write).
+        # Its agent answers, so the fence reaches it: it leaves every writer endpoint first.
+        wedged = (
+            own is not None
+            and own.get("mariadb") == "unresponsive"
+            and now - self.suspect_since >= self.cfg.get("wedged_seconds", 15.0)
         )
-        if host_says_dead:
+        if wedged:
+            self.once("wedged", "primary-wedged", primary=p,
+                      after_s=round(now - self.suspect_since, 1))  # fmt: skip
+        host_says_dead = wedged or (own is not None and (
+            own.get("mariadb") == "down" or (own.get("mariadb") == "up" and own.get("read_only"))
+        ))  # fmt: skip
+        if host_says_dead and not wedged:
             # Read-only takes longer to believe than "down": a planned switchover fences
             # the primary for a moment before the new one is writable.
             wait = self.cfg["confirm_seconds"] * (3 if own.get("read_only") else 1)
