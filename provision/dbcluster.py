@@ -325,6 +325,12 @@ class Timeline:
         return times[last] - times[first]
 
 
+END_STALE_DUMP_THREADS = (
+    "mariadb -N -B -e \"SELECT CONCAT('KILL CONNECTION ', ID, ';') "
+    "FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'\" | mariadb"
+)
+
+
 def promote(node: Remote, timeline: Timeline, replica_follows: bool = False) -> None:
     """Apply what the replica already received, stop replicating and accept writes.
 
@@ -346,6 +352,10 @@ def promote(node: Remote, timeline: Timeline, replica_follows: bool = False) -> 
         if replica_follows
         else "SET GLOBAL rpl_semi_sync_master_enabled = OFF;"
     )
+    # Binlog dump threads this node kept from an earlier time as primary end before it
+    # takes writes: MariaDB ending one itself when its replica reconnects, with semi-sync
+    # commits in flight, has wedged the server (docs/database.md, MDEV-35397).
+    node.run(END_STALE_DUMP_THREADS, check=False)
     mysql(node, f"STOP SLAVE; RESET SLAVE ALL; {pause} SET GLOBAL read_only = OFF;")
     timeline.mark("promotion done: new primary accepts writes")
     if not replica_follows:

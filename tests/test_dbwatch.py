@@ -41,6 +41,7 @@ class Stub:
         self.states, self.received = states, received
         self.statements: list[tuple[str, str]] = []
         self.fail_on: tuple[str, str] | None = None
+        self.dump_threads: dict[str, str] = {}
         self.c.get_state = lambda n: self.states.get(n)
         self.c.post = lambda n, path, **kw: (200, {}) if n != "db1" else (None, {})
         self.c.sql = self.sql
@@ -53,6 +54,8 @@ class Stub:
             return f"Gtid_IO_Pos: {self.received[node]}\n"
         if "MASTER_GTID_WAIT" in statement:
             return "0\n"
+        if "Binlog Dump" in statement:
+            return self.dump_threads.get(node, "")
         return ""
 
     def round(self) -> None:
@@ -127,6 +130,34 @@ def test_a_wedged_primary_is_failed_over_though_its_replicas_still_hold_a_connec
     s.round()
     assert (s.c.primary == "db3") == promoted
     assert ("/fence" in fenced) == promoted, "it is fenced through its agent first"
+
+
+def test_no_promotion_of_a_candidate_behind_a_fenced_earlier_primary(tmp_path: Path) -> None:
+    # db2, an earlier primary now fenced and replicating from no one, holds up to 0-1-20;
+    # db3, the only replica of the failed db1, received up to 0-1-11 only.
+    fenced = {"mariadb": "up", "read_only": True, "replicating_from": "",
+              "gtid_current_pos": "0-1-20"}  # fmt: skip
+    s = Stub(tmp_path, {"db1": {"mariadb": "down"}, "db2": fenced, "db3": replica()},
+             {"db3": "0-1-11"})  # fmt: skip
+    s.c.semisync = "ON"
+    s.round()
+    assert s.c.primary == "db1"
+    assert not any("read_only = OFF" in x for x in s.on("db3"))
+    assert "START SLAVE IO_THREAD" in s.on("db3"), "it receives again after the refusal"
+
+
+def test_the_new_primary_ends_its_old_dump_threads_before_it_takes_writes(
+    tmp_path: Path,
+) -> None:
+    s = Stub(tmp_path, {"db2": replica(), "db3": replica()}, {"db2": "0-1-10", "db3": "0-1-11"})
+    s.dump_threads = {"db3": "17\n23\n"}  # left from an earlier time db3 was primary
+    s.round()
+    assert s.c.primary == "db3"
+    on_db3 = s.on("db3")
+    writable = next(i for i, x in enumerate(on_db3) if "read_only = OFF" in x)
+    kills = [i for i, x in enumerate(on_db3) if x.startswith("KILL CONNECTION")]
+    assert [on_db3[i] for i in kills] == ["KILL CONNECTION 17", "KILL CONNECTION 23"]
+    assert max(kills) < writable
 
 
 def test_a_stop_that_fails_restarts_every_replica_it_touched(tmp_path: Path) -> None:

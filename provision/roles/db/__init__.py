@@ -197,9 +197,11 @@ def users(topology: Topology, host: Host) -> list[DbUser]:
         result += [
             DbUser(FAILOVER_USER, str(topology.address_for(host, m)),
                    secrets.password("db-failover"),
-                   global_privs=("BINLOG MONITOR", "READ_ONLY ADMIN", "RELOAD",
-                                 "REPLICATION MASTER ADMIN", "REPLICATION SLAVE ADMIN",
-                                 "SLAVE MONITOR"),
+                   # CONNECTION ADMIN and PROCESS: see and end a new primary's stale
+                   # binlog dump threads (dbwatch's end_stale_dump_threads).
+                   global_privs=("BINLOG MONITOR", "CONNECTION ADMIN", "PROCESS",
+                                 "READ_ONLY ADMIN", "RELOAD", "REPLICATION MASTER ADMIN",
+                                 "REPLICATION SLAVE ADMIN", "SLAVE MONITOR"),
                    schema_privs={DATABASE: ("INSERT",)}, why=f"automatic failover from {m.name}",
                    tls=tls)
             for m in topology.with_role("monitor")

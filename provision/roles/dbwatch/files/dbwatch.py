@@ -257,9 +257,9 @@ class Controller:
         if not replicas:
             self.once("no-replica", "not-promoting", reason=f"no replica of {p} answers")
             return
-        self.failover(p, replicas, own is not None, now)
+        self.failover(p, replicas, own is not None, now, states)
 
-    def failover(self, old, replicas, agent_answers, seen):
+    def failover(self, old, replicas, agent_answers, seen, states=None):
         started = self.suspect_since or seen
         t = lambda: round(time.monotonic() - started, 3)  # noqa: E731
         log("promoting", old=old, replicas=replicas, t=t())
@@ -275,6 +275,19 @@ class Controller:
             received, io_stopped = self.stop_receiving(replicas, stopped, t)
             new = max(received, key=lambda n: (seq(received[n]), n == replicas[0]))
             log("candidate", node=new, received={n: received[n] for n in received}, t=t())
+            # A node that is no replica of `old` (a fenced earlier primary) may hold
+            # acknowledged writes the candidate never received: promoting it would lose
+            # them (the split drill, then a second failover, did exactly that).
+            for n, state in (states or {}).items():
+                if n in (old, new) or n in received or not state:
+                    continue
+                held = state.get("gtid_current_pos") or ""
+                if seq(held) > seq(received[new]):
+                    raise RuntimeError(
+                        f"{n} holds transactions up to {held} that {new} never received "
+                        f"({received[new]}): promoting {new} would lose them; operator: "
+                        f"`fab db.status`, then `fab db.failover` or `fab db.rejoin`"
+                    )
             if self.promote(old, new, received[new], fenced_at, io_stopped, t, committed):
                 self.repoint_others(new, [n for n in received if n != new])
                 return
@@ -331,6 +344,7 @@ class Controller:
             ready += self.cfg["fence_margin"]
             log("fencing-by-lease", node=old, wait_s=round(max(ready - time.monotonic(), 0), 2))
         time.sleep(max(0.0, ready - time.monotonic()))
+        self.end_stale_dump_threads(new)
         # No replica can acknowledge yet: semi-sync waits resume when one rejoins.
         self.sql(new, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled = OFF; "
                  "SET GLOBAL read_only = OFF;")  # fmt: skip
@@ -349,6 +363,24 @@ class Controller:
             else "lease", fault_to_promotion_s=promoted, fault_to_lease_s=t())  # fmt: skip
         self.suspect_since, self.said = None, set()
         return True
+
+    def end_stale_dump_threads(self, node):
+        """End the binlog dump threads `node` kept from an earlier time as primary, before it
+        takes writes. A replica whose connection died without a word (a partition, a
+        failover) leaves its dump thread waiting on the old primary; when that replica
+        connects to it again, MariaDB ends the old thread itself, and with semi-sync
+        commits in flight that has wedged the server (the drills saw it twice; an open
+        MariaDB bug, MDEV-35397). Ended here, before any write, it cannot."""
+        try:
+            ids = self.sql(node, "SELECT ID FROM information_schema.PROCESSLIST "
+                           "WHERE COMMAND LIKE 'Binlog Dump%'").split()  # fmt: skip
+            for i in ids:
+                self.sql(node, f"KILL CONNECTION {int(i)}")
+        except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+            log("error", error=f"ending {node}'s old dump threads: {exc}"[:300])
+            return
+        if ids:
+            log("stale-dump-threads-ended", node=node, threads=len(ids))
 
     def repoint_others(self, new, others):
         """The other replicas, stopped for the failover, follow the new primary.
