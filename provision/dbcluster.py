@@ -354,7 +354,7 @@ def promote(node: Remote, timeline: Timeline, replica_follows: bool = False) -> 
     )
     # Binlog dump threads this node kept from an earlier time as primary end before it
     # takes writes: MariaDB ending one itself when its replica reconnects, with semi-sync
-    # commits in flight, has wedged the server (docs/database.md, MDEV-35397).
+    # commits in flight, has wedged the server (docs/database.md).
     node.run(END_STALE_DUMP_THREADS, check=False)
     mysql(node, f"STOP SLAVE; RESET SLAVE ALL; {pause} SET GLOBAL read_only = OFF;")
     timeline.mark("promotion done: new primary accepts writes")

@@ -369,8 +369,8 @@ class Controller:
         takes writes. A replica whose connection died without a word (a partition, a
         failover) leaves its dump thread waiting on the old primary; when that replica
         connects to it again, MariaDB ends the old thread itself, and with semi-sync
-        commits in flight that has wedged the server (the drills saw it twice; an open
-        MariaDB bug, MDEV-35397). Ended here, before any write, it cannot."""
+        commits in flight that has wedged the server (the drills saw it twice; MDEV-35397,
+        still open, is a likely relative). Ended here, before any write, it cannot."""
         try:
             ids = self.sql(node, "SELECT ID FROM information_schema.PROCESSLIST "
                            "WHERE COMMAND LIKE 'Binlog Dump%'").split()  # fmt: skip
