@@ -79,8 +79,10 @@ def _capture(machine: testinfra.host.Host, port: int, marker: str) -> str:
     return text
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def reencrypted() -> Iterator[None]:
+    """Re-encryption on for the rest of this module (one deploy there and one back, not two
+    per test): the tests after the first that needs it only capture other links."""
     if FILE_OPTIONS.get("reencrypt"):
         yield  # the topology re-encrypts already
         return
