@@ -136,6 +136,10 @@ USER_STOP_TIMEOUT = 12
 every request sent is in the history with its outcome rather than cut off unrecorded."""
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class WorkloadError(RuntimeError):
     pass
 
@@ -207,6 +211,10 @@ class Workload:
             # Its own session: a Ctrl-C at the terminal reaches the drill runner, which
             # heals the fault first and then stops Locust itself (with SIGINT, see stop()).
             start_new_session=True,
+            # SIGINT as Locust expects it: a process started in the background by a shell
+            # without job control (a CI runner, `cmd &` in a script) inherits SIGINT
+            # ignored, and Locust would then never stop on it (stop() waited 40 s each time).
+            preexec_fn=_default_sigint,
         )
         time.sleep(1.5)
         if self.proc.poll() is not None:
