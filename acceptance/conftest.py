@@ -26,6 +26,12 @@ FILE_OPTIONS = topology.file_options(TOPOLOGY.name)
 """The topology file's own options: what a test that changes one sets back."""
 
 
+def file_option_is_live(name: str) -> bool:
+    """True when option `name` is on in the topology file and no deploy overrode it since:
+    switching it on again would be a full deploy that changes nothing."""
+    return bool(FILE_OPTIONS.get(name)) and name not in topology.saved_options(TOPOLOGY.name)
+
+
 def restore_option(name: str) -> None:
     """`fab deploy --option NAME=<the file's value>` (options persist across deploys)."""
     from provision.testkit import fab

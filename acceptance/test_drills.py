@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from acceptance.conftest import TOPOLOGY, restore_option
+from acceptance.conftest import TOPOLOGY, file_option_is_live, restore_option
 from provision import PROJECT_ROOT, STATE_DIR, dbcluster
 from provision.drills import report
 from provision.inventory import Endpoint
@@ -49,7 +49,8 @@ def heal_cluster(endpoints: dict[str, Endpoint]) -> None:
 
 @pytest.fixture(scope="module")
 def automatic_failover(endpoints: dict[str, Endpoint]) -> Iterator[None]:
-    fab("deploy", "--option", "auto_failover=true")
+    if not file_option_is_live("auto_failover"):
+        fab("deploy", "--option", "auto_failover=true")  # else it is on already (hardened)
     heal_cluster(endpoints)
     try:
         yield
