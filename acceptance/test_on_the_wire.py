@@ -21,7 +21,7 @@ from acceptance.conftest import FILE_OPTIONS, TOPOLOGY, restore_option
 from acceptance.site import request
 from provision import dbcluster, monitoring, secrets
 from provision.inventory import Endpoint
-from provision.ops.scale import BACKENDS, admin_command
+from provision.ops.scale import admin_command, server_rows
 from provision.roles.web import CERT_DIR
 from provision.testkit import fab
 
@@ -193,11 +193,7 @@ def test_the_agents_pushes_carry_no_clear_text_with_monitor_tls_and_do_without_i
 
 def _server_status(lb: testinfra.host.Host, server: str) -> set[str]:
     """The status of `server` in both web backends, from HAProxy's admin socket."""
-    out = lb.check_output(admin_command("show stat"))
-    header = out.splitlines()[0][2:].split(",")
-    px, sv, status = header.index("pxname"), header.index("svname"), header.index("status")
-    rows = [line.split(",") for line in out.splitlines()[1:] if line]
-    return {r[status] for r in rows if len(r) > status and r[px] in BACKENDS and r[sv] == server}
+    return {r["status"] for r in server_rows(lb.check_output(admin_command("show stat")), [server])}
 
 
 @pytest.mark.disruptive

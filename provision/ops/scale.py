@@ -59,19 +59,19 @@ def admin_command(command: str) -> str:
     return f"echo '{command}' | socat stdio {ADMIN_SOCKET}"
 
 
-def sessions(show_stat: str, servers: Sequence[str]) -> int:
-    """Current sessions (scur) of `servers` in the web backends, from `show stat` CSV."""
+def server_rows(show_stat: str, servers: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of `servers` in the web backends, from `show stat` CSV, by column name."""
     lines = show_stat.splitlines()
     if not lines or not lines[0].startswith("# "):
         raise StepError(f"unexpected `show stat` output: {show_stat[:200]!r}")
     header = lines[0][2:].split(",")
-    px, sv, scur = header.index("pxname"), header.index("svname"), header.index("scur")
-    total = 0
-    for line in lines[1:]:
-        cols = line.split(",")
-        if len(cols) > scur and cols[px] in BACKENDS and cols[sv] in servers:
-            total += int(cols[scur] or 0)
-    return total
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+    return [r for r in rows if r.get("pxname") in BACKENDS and r.get("svname") in servers]
+
+
+def sessions(show_stat: str, servers: Sequence[str]) -> int:
+    """Current sessions (scur) of `servers` in the web backends, from `show stat` CSV."""
+    return sum(int(r.get("scur") or 0) for r in server_rows(show_stat, servers))
 
 
 def scale(
