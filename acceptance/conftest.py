@@ -32,13 +32,42 @@ def file_option_is_live(name: str) -> bool:
     return bool(FILE_OPTIONS.get(name)) and name not in topology.saved_options(TOPOLOGY.name)
 
 
-def restore_option(name: str) -> None:
-    """`fab deploy --option NAME=<the file's value>` (options persist across deploys)."""
+OPTION_TIERS = {"auto_failover": ("db", "monitor")}
+"""The tiers whose roles read an option (auto_failover: the db role's lease and failover
+account, dbwatch on the monitor). Switching one deploys those hosts, and the hosts whose
+firewall flows it changes, not the whole testbed; other options deploy every host."""
+
+
+def option_hosts(name: str) -> list[str]:
+    """The hosts a deploy that switches option `name` changes; [] for every host."""
+    tiers = OPTION_TIERS.get(name)
+    if tiers is None:
+        return []
+
+    def paths(value: bool) -> set[tuple[str, str, int]]:
+        topo = topology.load(TOPOLOGY.name, {name: value})
+        return {(p.source.name, p.dest.name, p.port) for p in topo.allowed_paths()}
+
+    changed = paths(True) ^ paths(False)
+    hosts = {h.name for tier in tiers for h in TOPOLOGY.in_tier(tier)}
+    hosts |= {src for src, _, _ in changed} | {dest for _, dest, _ in changed}
+    return [h for h in HOST_NAMES if h in hosts]
+
+
+def deploy_option(name: str, value: bool) -> None:
+    """`fab deploy --option NAME=VALUE`, on the hosts the option changes."""
     from provision.testkit import fab
 
+    hosts = option_hosts(name)
+    only = ["--only", ",".join(hosts)] if hosts else []
+    fab("deploy", "--option", f"{name}={str(value).lower()}", *only)
+
+
+def restore_option(name: str) -> None:
+    """Set option `name` back to the file's value (options persist across deploys)."""
     if name not in topology.saved_options(TOPOLOGY.name):
         return  # the file's value is the live one
-    fab("deploy", "--option", f"{name}={str(FILE_OPTIONS.get(name, False)).lower()}")
+    deploy_option(name, bool(FILE_OPTIONS.get(name, False)))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

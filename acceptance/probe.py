@@ -22,7 +22,7 @@ def probe(target):
     finally:
         s.close()
 targets = [tuple(line.split()) for line in sys.stdin.read().splitlines() if line.strip()]
-with cf.ThreadPoolExecutor(max_workers=64) as pool:
+with cf.ThreadPoolExecutor(max_workers=min(256, len(targets) or 1)) as pool:
     for (addr, port), result in zip(targets, pool.map(probe, targets)):
         print(addr, port, result)
 """

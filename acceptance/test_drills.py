@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from acceptance.conftest import TOPOLOGY, file_option_is_live, restore_option
+from acceptance.conftest import TOPOLOGY, deploy_option, file_option_is_live, restore_option
 from provision import PROJECT_ROOT, STATE_DIR, dbcluster
 from provision.drills import report
 from provision.inventory import Endpoint
@@ -50,7 +50,7 @@ def heal_cluster(endpoints: dict[str, Endpoint]) -> None:
 @pytest.fixture(scope="module")
 def automatic_failover(endpoints: dict[str, Endpoint]) -> Iterator[None]:
     if not file_option_is_live("auto_failover"):
-        fab("deploy", "--option", "auto_failover=true")  # else it is on already (hardened)
+        deploy_option("auto_failover", True)  # else it is on already (hardened)
     heal_cluster(endpoints)
     try:
         yield
@@ -101,7 +101,7 @@ def test_a_deploy_during_a_primary_outage_refuses_and_loses_nothing(
 ) -> None:
     """The seed's manual failover: nothing promotes while the primary is away, and the
     deploy an operator runs then must not make the fenced, stale replica writable."""
-    fab("deploy", "--option", "auto_failover=false")
+    deploy_option("auto_failover", False)
     heal_cluster(endpoints)
     folder, res = run_drill("deploy", "--target", "db-primary", "--duration", "5")
     try:

@@ -13,7 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from acceptance.conftest import FILE_OPTIONS, TOPOLOGY, file_option_is_live, restore_option
+from acceptance.conftest import (
+    FILE_OPTIONS,
+    TOPOLOGY,
+    deploy_option,
+    file_option_is_live,
+    restore_option,
+)
 from acceptance.site import SITE_CLIENT
 from provision import dbcluster, engine
 from provision.inventory import Endpoint
@@ -70,7 +76,7 @@ def manual_failover() -> Iterator[None]:
     if not FILE_OPTIONS.get("auto_failover"):
         yield
         return
-    fab("deploy", "--option", "auto_failover=false")
+    deploy_option("auto_failover", False)
     try:
         yield
     finally:
@@ -133,7 +139,7 @@ def test_killing_the_primary_loses_no_acknowledged_write(endpoints: dict[str, En
 def auto_failover(endpoints: dict[str, Endpoint]) -> Iterator[None]:
     """dbwatch on (as in `hardened`) for the test, as the topology file says after it."""
     if not file_option_is_live("auto_failover"):
-        fab("deploy", "--option", "auto_failover=true")  # else it is on already (hardened)
+        deploy_option("auto_failover", True)  # else it is on already (hardened)
     try:
         yield
     finally:

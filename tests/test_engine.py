@@ -83,3 +83,50 @@ def test_summary_of_an_empty_run_says_no_changes() -> None:
     report = engine.Report("seed")
     report.records.append(StepRecord("web1", "common", "Ensure x.", False, "", 0.1))
     assert "No changes" in engine.summary(report)
+
+
+class _ScriptedRemote:
+    """Answers a step's queries like a machine whose unit is stopped and disabled, and
+    records every command; the engine's handler logic needs nothing more."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def run(self, command: str, *, check: bool = True, stdin: str | None = None) -> object:
+        from provision.engine.remote import CommandResult
+
+        self.commands.append(command)
+        if command.startswith("systemctl is-"):
+            return CommandResult(1, "inactive\n", "")
+        # A check fails until the command that reaches its state has run.
+        done = command.startswith("check") and f"reach {command[6:]}" in self.commands
+        return CommandResult(0 if done or not command.startswith("check") else 1, "", "")
+
+
+def _run_role(steps: list[object]) -> list[str]:
+    from provision.engine.run import HostContext, Report, Role, _run_host
+    from provision.engine.steps import restart_handler
+
+    topo = topology.load("seed")
+    remote = _ScriptedRemote()
+    role = Role("r", "common", lambda ctx: steps, handlers=[restart_handler("svc")])  # type: ignore[arg-type,return-value]
+    printer = engine.Printer(out=open("/dev/null", "w"))  # noqa: SIM115
+    _run_host(remote, [role], HostContext(topo, topo.hosts["web1"]), Report("seed"), printer)  # type: ignore[arg-type]
+    return remote.commands
+
+
+def test_a_unit_started_after_its_config_changed_is_not_restarted_again() -> None:
+    from provision.engine.steps import Command, Service
+
+    config = Command("Write the config.", "check config", "reach config", notify=["restart svc"])
+    commands = _run_role([config, Service("svc")])
+    assert sum("systemctl start svc" in c for c in commands) == 1
+    assert not any("systemctl restart svc" in c for c in commands)
+
+
+def test_a_change_after_the_start_still_restarts_the_unit() -> None:
+    from provision.engine.steps import Command, Service
+
+    late = Command("Write a late config.", "check late", "reach late", notify=["restart svc"])
+    commands = _run_role([Service("svc"), late])
+    assert sum("systemctl restart svc" in c for c in commands) == 1

@@ -202,7 +202,11 @@ class Service(Step):
             # A package may have started its service before its config was in place and
             # left it failed past systemd's start limit ("start request repeated too
             # quickly": hardened's mysqld exporters, first deploy): clear that first.
-            remote.run(f"systemctl reset-failed {u} 2>/dev/null; systemctl start {u}")
+            # daemon-reload: a unit file changed earlier in this deploy takes effect.
+            remote.run(
+                f"systemctl daemon-reload; systemctl reset-failed {u} 2>/dev/null; "
+                f"systemctl start {u}"
+            )
             done.append("started")
         return Outcome(bool(done), ", ".join(done))
 
