@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from provision import STATE_DIR, inventory, topology
+from provision import STATE_DIR, firewall, inventory, topology
 from provision.inventory import Endpoint
 from provision.power import Power
 
@@ -24,6 +24,13 @@ TOPOLOGY = topology.load()
 HOST_NAMES = [h.name for h in TOPOLOGY]
 FILE_OPTIONS = topology.file_options(TOPOLOGY.name)
 """The topology file's own options: what a test that changes one sets back."""
+
+
+def not_allowed(source: str) -> str:
+    """What acceptance/probe.py reports for a connection `source` may not make: its own
+    firewall refuses to send it ("denied"), unless its egress is open (the client, which
+    stands for the outside world): then the destination drops it ("filtered")."""
+    return "filtered" if firewall.egress_open(TOPOLOGY.hosts[source]) else "denied"
 
 
 def file_option_is_live(name: str) -> bool:

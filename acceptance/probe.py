@@ -1,12 +1,15 @@
 """A TCP probe that runs inside a machine (sent there as a python3 -c script).
 
 Reads "address port" lines on stdin, connects to each concurrently and prints
-"address port open|refused|filtered". refused means the packet reached the
-destination's TCP stack (a firewall that drops would give filtered).
+"address port open|refused|filtered|denied". refused means the packet reached the
+destination's TCP stack; filtered, that it went out and nothing answered (the
+destination's firewall dropped it); denied, that this machine's own firewall refused to
+send it (its egress rules answer "No route to host" or "Permission denied" at once).
 """
 
 PROBE = r"""
-import socket, sys, concurrent.futures as cf
+import errno, socket, sys, concurrent.futures as cf
+DENIED = (errno.EHOSTUNREACH, errno.EACCES, errno.EPERM)
 def probe(target):
     addr, port = target
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
@@ -17,8 +20,8 @@ def probe(target):
         return "open"
     except ConnectionRefusedError:
         return "refused"
-    except OSError:
-        return "filtered"
+    except OSError as exc:
+        return "denied" if exc.errno in DENIED else "filtered"
     finally:
         s.close()
 targets = [tuple(line.split()) for line in sys.stdin.read().splitlines() if line.strip()]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import testinfra
 
-from acceptance.conftest import TOPOLOGY
+from acceptance.conftest import TOPOLOGY, not_allowed
 from acceptance.probe import probe_script
 from acceptance.seed_matrix import SEED_DB_ACCOUNTS
 from acceptance.site import JSON, request
@@ -192,7 +192,7 @@ def test_the_app_user_cannot_reach_the_database_from_outside_the_app_hosts(
             f"printf %s {shlex.quote(f'{address} {DB_PORT}')} | python3 -c "
             + shlex.quote(probe_script(1.0))
         )
-        assert out.endswith("filtered"), out
+        assert out.endswith(not_allowed(source)), out
 
 
 def test_the_app_user_exists_only_for_the_app_hosts(remote: Opener, primary: str) -> None:

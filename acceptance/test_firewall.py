@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import testinfra
 
-from acceptance.conftest import HOST_NAMES, TOPOLOGY
+from acceptance.conftest import HOST_NAMES, TOPOLOGY, not_allowed
 from acceptance.probe import LISTENER, probe_script
 from acceptance.seed_matrix import SEED_OPEN
+from provision import firewall
 
 FLOW_PORTS = sorted({f.port for f in TOPOLOGY.flows if f.proto == "tcp"})
 PORTS = sorted({22, *FLOW_PORTS})
@@ -139,7 +140,7 @@ def test_connection_succeeds_exactly_when_the_topology_allows_it(
         at = ipaddress.IPv4Address(address) if network != "management" else None
         allowed = TOPOLOGY.is_allowed(source, dest, network, port, address=at)
         got = matrix[(source, dest, address, port)]
-        expected = "open" if allowed else "filtered"
+        expected = "open" if allowed else not_allowed(source)
         if got != expected:
             wrong.append(f"{address} ({network}) port {port}: expected {expected}, got {got}")
     assert not wrong, f"{source} -> {dest}: " + "; ".join(wrong)
@@ -202,18 +203,56 @@ def test_input_and_forward_drop_by_default(machines: Machines, name: str, versio
     assert "-P FORWARD DROP" in rules
 
 
-@pytest.mark.parametrize("source,dest", PAIRS, ids=[f"{s}->{d}" for s, d in PAIRS])
+@pytest.fixture(scope="module")
+def link_local(machines: Machines) -> dict[str, dict[str, tuple[str, str]]]:
+    """host -> {its IPv4 address: (its interface there, that interface's IPv6 link-local
+    address)}. The machines have no global IPv6 address, but IPv6 is on: each interface
+    has a link-local one, reachable from every machine on the same network."""
+    found: dict[str, dict[str, tuple[str, str]]] = {}
+    for name in HOST_NAMES:
+        v4: dict[str, str] = {}
+        v6: dict[str, str] = {}
+        for line in machines[name].check_output("ip -o addr show").splitlines():
+            words = line.split()
+            iface, family, cidr = words[1], words[2], words[3]
+            if family == "inet":
+                v4[iface] = cidr.split("/")[0]
+            elif family == "inet6" and cidr.startswith("fe80:"):
+                v6[iface] = cidr.split("/")[0]
+        found[name] = {v4[i]: (i, v6[i]) for i in v4 if i in v6}
+    return found
+
+
+NEIGHBOURS = [
+    (s, d) for s, d in PAIRS if TOPOLOGY.shared_networks(TOPOLOGY.hosts[s], TOPOLOGY.hosts[d])
+]
+
+
+@pytest.mark.parametrize("source,dest", NEIGHBOURS, ids=[f"{s}->{d}" for s, d in NEIGHBOURS])
 def test_nothing_answers_over_ipv6_where_ipv4_forbids_it(
-    machines: Machines, listeners: None, source: str, dest: str
+    machines: Machines,
+    listeners: None,
+    link_local: dict[str, dict[str, tuple[str, str]]],
+    source: str,
+    dest: str,
 ) -> None:
-    # Docker leaves the machines without global IPv6 addresses; VMs may have some.
-    v6 = _addresses(machines[dest], "inet6")
-    stdin = "\n".join(f"{a} {p}" for a in v6 for p in PORTS)
+    """The topology has no IPv6 flow: over the link-local addresses of every network the
+    two share, no port answers (nor any global IPv6 address, where a VM has one)."""
+    src, dst = TOPOLOGY.hosts[source], TOPOLOGY.hosts[dest]
+    targets = []
+    for net in TOPOLOGY.shared_networks(src, dst):
+        iface, _ = link_local[source][str(src.addresses[net])]
+        _, address = link_local[dest][str(dst.addresses[net])]
+        targets += [f"{address}%{iface} {p}" for p in PORTS]
+    targets += [f"{a} {p}" for a in _addresses(machines[dest], "inet6") for p in PORTS]
     out = machines[source].check_output(
-        f"printf %s {shlex.quote(stdin)} | python3 -c {shlex.quote(probe_script())}"
+        f"printf %s {shlex.quote(chr(10).join(targets))} | python3 -c {shlex.quote(probe_script())}"
     )
-    opened = [line for line in out.splitlines() if not line.endswith("filtered")]
+    assert len(out.splitlines()) == len(targets)
+    opened = [line for line in out.splitlines() if line.endswith(("open", "refused"))]
     assert not opened, f"{source} reaches {dest} over IPv6: {opened}"
+    # Sent and dropped at the destination, or refused by the source's own egress rules.
+    assert {line.split()[-1] for line in out.splitlines()} == {not_allowed(source)}
 
 
 def test_a_dropped_connection_is_logged_on_the_destination_with_its_host_prefix(
@@ -235,3 +274,53 @@ def test_a_dropped_connection_is_logged_on_the_destination_with_its_host_prefix(
         and f"DPT={mysql}" in line
     ]
     assert hits, f"no drop logged for {CLIENT.name} -> {LB.name}:{mysql}\n" + log[-1500:]
+
+
+CLOSED_EGRESS = [name for name in HOST_NAMES if not firewall.egress_open(TOPOLOGY.hosts[name])]
+HOST_SIDE_PORTS = [22, 80, 443, 2375, 8443, 9090]
+"""Ports a machine could use against the docker host (sshd, web, docker's API, the
+forwards): the docker host is this testbed's own machine, so the probes stay here."""
+
+
+def _host_side(machine: testinfra.host.Host) -> list[str]:
+    """The machine's way out to the docker host (or hypervisor): its default gateway and
+    each topology network's gateway."""
+    route = machine.check_output("ip -4 route show default")
+    gateways = {route.split()[2]} if route.startswith("default via ") else set()
+    gateways |= {str(net.gateway) for net in TOPOLOGY.networks.values()}
+    return sorted(gateways)
+
+
+def _probe(machine: testinfra.host.Host, targets: list[tuple[str, int]], user: str = "") -> str:
+    stdin = "\n".join(f"{a} {p}" for a, p in targets)
+    run_as = f"setpriv --reuid={user} --regid=nogroup --clear-groups " if user else ""
+    return machine.check_output(
+        f"printf %s {shlex.quote(stdin)} | {run_as}python3 -c {shlex.quote(probe_script(1.0))}"
+    )
+
+
+@pytest.mark.parametrize("name", CLOSED_EGRESS)
+def test_a_host_cannot_open_a_connection_to_the_docker_host(machines: Machines, name: str) -> None:
+    """Egress is closed: a compromised balancer (or any host) cannot reach the machine that
+    runs the testbed, nor anything else the topology does not list."""
+    targets = [(a, p) for a in _host_side(machines[name]) for p in HOST_SIDE_PORTS]
+    out = _probe(machines[name], targets)
+    sent = [line for line in out.splitlines() if not line.endswith(" denied")]
+    assert not sent, f"{name} may start connections outside the topology: {sent}"
+
+
+def test_egress_is_refused_with_a_logged_reason_and_only_apt_may_download(
+    machines: Machines,
+) -> None:
+    lb = machines[LB.name]
+    target = (_host_side(lb)[0], 80)
+    assert _probe(lb, [target]).split()[-1] == "denied"
+    time.sleep(1)
+    log = lb.check_output("tail -n 50 /var/log/ulog/syslogemu.log")
+    assert any(
+        f"fw-egress {LB.name}:" in line and f"DST={target[0]}" in line and "DPT=80" in line
+        for line in log.splitlines()
+    ), log[-1500:]
+    # apt's fetcher (user _apt) is the one process that may reach the package mirror, at
+    # whatever address: the same connection as _apt leaves the machine.
+    assert _probe(lb, [target], user=firewall.APT_USER).split()[-1] != "denied"

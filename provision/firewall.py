@@ -1,22 +1,83 @@
 """Firewall rules computed from the topology's allowed flows (pure logic, no I/O).
 
-Per host: INPUT and FORWARD drop by default; loopback, established/related and
-the ICMP that TCP needs are accepted; each allowed flow becomes one ACCEPT naming
-the flow; SSH is accepted only from the management source (the address the
-deploy's own SSH session comes from); the rest is logged (rate-limited, NFLOG to
-ulogd2, prefix naming the host) and dropped. IPv6: the topology has no IPv6
-flows, so only loopback, established traffic and neighbour discovery pass.
+Per host: INPUT, FORWARD and OUTPUT drop by default. In: loopback, established/related
+and the ICMP that TCP needs are accepted; each allowed flow becomes one ACCEPT naming the
+flow, bound to the interface and address it arrives at; SSH (and the ports the topology
+forwards) are accepted only from the management source (the address the deploy's own SSH
+session comes from) on the management interface; the rest is logged (rate-limited, NFLOG
+to ulogd2, prefix naming the host) and dropped. Out: loopback, replies, each flow this
+host starts (to its destination address and port, out of its interface), DNS to the
+host's resolvers, and package downloads (apt's fetcher, which runs as `_apt`); the rest is
+logged and refused, so a local process fails at once and says so. The `client` machine
+stands for the Internet: its egress is left open. IPv6: the topology has no IPv6 flows,
+so only loopback, replies and neighbour discovery pass, either way.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from provision.topology import PORTLESS, Host, Topology
 
 LOG_GROUP = 0
 """NFLOG group ulogd2's default stack reads (written to /var/log/ulog/syslogemu.log)."""
+
+OPEN_EGRESS_ROLES = ("client",)
+"""Roles whose machines stand for the outside world: their OUTPUT stays open (a scan from
+the client must test the balancers' own rules, not the client's)."""
+
+APT_USER = "_apt"
+"""apt downloads with its methods dropped to this user: the one egress to the package
+mirror, whatever its address (read from the machine's own apt sources by apt itself)."""
+
+
+class FirewallError(ValueError):
+    """The rules cannot be written for this host (an address no interface holds)."""
+
+
+@dataclass(frozen=True)
+class Nics:
+    """Where a host's packets enter and leave, read from its facts at deploy time."""
+
+    by_address: Mapping[str, str]
+    """Each IPv4 address of the host -> the interface that holds it."""
+    management: str = ""
+    """The interface the management source is reached through (`ip route get`)."""
+    resolvers: tuple[str, ...] = field(default=())
+    """The nameservers of /etc/resolv.conf."""
+
+    @classmethod
+    def from_facts(cls, facts: Mapping[str, str]) -> Nics:
+        by_address = {}
+        for item in facts.get("interfaces", "").split():
+            name, _, cidr = item.partition("=")
+            by_address[cidr.split("/")[0]] = name
+        return cls(
+            by_address,
+            facts.get("ssh_iface", ""),
+            tuple(facts.get("resolvers", "").split()),
+        )
+
+    def of(self, host: Host, network: str) -> str:
+        address = str(host.addresses[network])
+        try:
+            return self.by_address[address]
+        except KeyError:
+            held = ", ".join(f"{a} on {i}" for a, i in sorted(self.by_address.items()))
+            raise FirewallError(
+                f"{host.name}: no interface holds its {network} address {address} "
+                f"(it has: {held or 'no IPv4 address'}); is the machine on that network?"
+            ) from None
+
+    def management_address(self) -> str:
+        """The host's own address on the management interface ("" if it has none)."""
+        return next((a for a, i in self.by_address.items() if i == self.management), "")
+
+
+def egress_open(host: Host) -> bool:
+    return any(host.has_role(role) for role in OPEN_EGRESS_ROLES)
 
 
 @dataclass(frozen=True)
@@ -28,25 +89,45 @@ class Accept:
     port: int
     proto: str
     comment: str
+    interface: str = ""
+    """The interface it arrives on ("" when the host's interfaces are not known: docs)."""
 
     def rule(self) -> str:
+        nic = f" -i {self.interface}" if self.interface else ""
         dest = f" -d {self.address}/32" if self.address else ""
-        match = f"-p {self.proto}" + (
-            f" -m {self.proto} --dport {self.port}" if self.proto not in PORTLESS else ""
-        )
         return (
-            f"-A INPUT -s {self.source_address}{dest} {match} "
+            f"-A INPUT{nic} -s {self.source_address}{dest} {_match(self.proto, self.port)} "
             f'-m comment --comment "{self.comment}" -j ACCEPT'
         )
 
 
-def accepts(topology: Topology, host: Host, management: str) -> list[Accept]:
-    """The ACCEPT rules of `host`, SSH first, then the flows in topology order."""
+def _match(proto: str, port: int) -> str:
+    return f"-p {proto}" + (f" -m {proto} --dport {port}" if proto not in PORTLESS else "")
+
+
+def accepts(
+    topology: Topology, host: Host, management: str, nics: Nics | None = None
+) -> list[Accept]:
+    """The ACCEPT rules of `host`, SSH first, then the flows in topology order. With the
+    host's `nics`, each is bound to its interface, and the management ones to the host's
+    own address there."""
     mgmt = str(ipaddress.ip_network(management, strict=False))
-    rules = [Accept("management", mgmt, "", 22, "tcp", "ssh from the management path")]
+    mgmt_nic = nics.management if nics else ""
+    mgmt_to = nics.management_address() if nics else ""
+    rules = [
+        Accept("management", mgmt, mgmt_to, 22, "tcp", "ssh from the management path", mgmt_nic)
+    ]
     # Ports the topology forwards to the host's loopback arrive from the management path too.
     rules += [
-        Accept("management", mgmt, "", guest, "tcp", f"forwarded to the host's 127.0.0.1:{local}")
+        Accept(
+            "management",
+            mgmt,
+            mgmt_to,
+            guest,
+            "tcp",
+            f"forwarded to the host's 127.0.0.1:{local}",
+            mgmt_nic,
+        )
         for guest, local in sorted(host.forward.items())
     ]
     # A floating address (VIP) this host may hold: the operator's machine (the network's
@@ -63,6 +144,7 @@ def accepts(topology: Topology, host: Host, management: str) -> list[Accept]:
                 topology.port(service),
                 "tcp",
                 f"the operator's machine reaches {service} at vip {vip.name}",
+                nics.of(host, vip.network) if nics else "",
             )
             for service in vip.host_ports
         ]
@@ -70,11 +152,56 @@ def accepts(topology: Topology, host: Host, management: str) -> list[Accept]:
         if path.dest.name != host.name:
             continue
         src = path.source.addresses[path.network]
-        what = path.proto if path.proto in PORTLESS else f"{path.port}/{path.proto}"
-        comment = f"flow {path.source.name}->{host.name} {what}: {path.why}"
+        comment = f"flow {path.source.name}->{host.name} {_what(path.proto, path.port)}: {path.why}"
         rules.append(
-            Accept(path.source.name, f"{src}/32", str(path.address), path.port, path.proto, comment)
+            Accept(
+                path.source.name,
+                f"{src}/32",
+                str(path.address),
+                path.port,
+                path.proto,
+                comment,
+                nics.of(host, path.network) if nics else "",
+            )
         )
+    return rules
+
+
+def _what(proto: str, port: int) -> str:
+    return proto if proto in PORTLESS else f"{port}/{proto}"
+
+
+def egress(topology: Topology, host: Host, nics: Nics | None = None) -> list[str]:
+    """The OUTPUT ACCEPT rules of `host`: each flow it starts (out of its interface, to
+    the destination address and port), DNS to its resolvers, DHCP, and apt's downloads.
+    The template skips them for a host whose egress is open (egress_open)."""
+    rules = []
+    for path in topology.allowed_paths():
+        if path.source.name != host.name:
+            continue
+        nic = f" -o {nics.of(host, path.network)}" if nics else ""
+        rules.append(
+            f"-A OUTPUT{nic} -d {path.address}/32 {_match(path.proto, path.port)} "
+            f'-m comment --comment "flow {host.name}->{path.dest.name} '
+            f'{_what(path.proto, path.port)}: {path.why}" -j ACCEPT'
+        )
+    for resolver in nics.resolvers if nics else ():
+        if (
+            ipaddress.ip_address(resolver).version != 4
+            or ipaddress.ip_address(resolver).is_loopback
+        ):
+            continue  # loopback resolvers (docker's 127.0.0.11) pass with -o lo
+        rules += [
+            f"-A OUTPUT -d {resolver}/32 -p {proto} -m {proto} --dport 53 "
+            f'-m comment --comment "dns to the resolver in /etc/resolv.conf" -j ACCEPT'
+            for proto in ("udp", "tcp")
+        ]
+    rules += [
+        "-A OUTPUT -p udp -m udp --sport 68 --dport 67 "
+        '-m comment --comment "dhcp lease renewals (a VM\'s NAT interface)" -j ACCEPT',
+        f"-A OUTPUT -p tcp -m owner --uid-owner {APT_USER} "
+        '-m comment --comment "package downloads: apt\'s fetcher runs as _apt" -j ACCEPT',
+    ]
     return rules
 
 
@@ -87,7 +214,8 @@ def stray_resets(topology: Topology, accepts_: list[Accept]) -> list[str]:
     time-out (10 s for Locust) before it reconnects; reset, it reconnects at once."""
     vips = {str(v.address) for v in topology.vips.values()}
     return [
-        f"-A INPUT -s {a.source_address} -d {a.address}/32 -p tcp -m tcp --dport {a.port} "
+        f"-A INPUT{f' -i {a.interface}' if a.interface else ''} -s {a.source_address} "
+        f"-d {a.address}/32 -p tcp -m tcp --dport {a.port} "
         f'-m conntrack --ctstate INVALID -m comment --comment "reset a moved connection '
         f'({a.source}, {a.port}/tcp)" -j REJECT --reject-with tcp-reset'
         for a in accepts_
@@ -98,6 +226,10 @@ def stray_resets(topology: Topology, accepts_: list[Accept]) -> list[str]:
 def log_prefix(host: Host) -> str:
     # NFLOG prefixes are at most 64 bytes; host names are short.
     return f"fw-drop {host.name}: "
+
+
+def egress_log_prefix(host: Host) -> str:
+    return f"fw-egress {host.name}: "
 
 
 def matrix_markdown(topology: Topology) -> str:

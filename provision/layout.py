@@ -67,3 +67,29 @@ UNITS_BY_ROLE: dict[str, tuple[str, ...]] = {
 # where every host that connects to MariaDB over TCP (app hosts, the monitor) keeps the CA.
 DB_TLS_DIR = "/etc/mysql/tls"
 DB_CLIENT_CA = "/etc/webinfra-testbed/db-ca.crt"
+
+# ----------------------------------------------------------------- kernel network settings
+
+# The same on every machine. A docker machine gets them when it is created (`--sysctl`:
+# its /proc/sys is read-only from inside); a VM from /etc/sysctl.d, written by the firewall
+# role. IPv6 is on (link-local only, no IPv6 flows) so its firewall is exercised for real.
+NET_SYSCTLS = {
+    # Reverse-path filtering, strict: a packet whose source would not be routed back out of
+    # the interface it came in on (a spoofed source) is dropped.
+    "net.ipv4.conf.all.rp_filter": "1",
+    "net.ipv4.conf.default.rp_filter": "1",
+    "net.ipv4.conf.all.accept_redirects": "0",
+    "net.ipv4.conf.default.accept_redirects": "0",
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.default.send_redirects": "0",
+    "net.ipv4.conf.all.accept_source_route": "0",
+    "net.ipv4.conf.default.accept_source_route": "0",
+    "net.ipv4.conf.all.log_martians": "1",
+    "net.ipv4.icmp_echo_ignore_broadcasts": "1",
+    "net.ipv4.tcp_syncookies": "1",
+    "net.ipv6.conf.all.accept_redirects": "0",
+    "net.ipv6.conf.default.accept_redirects": "0",
+    "net.ipv6.conf.all.disable_ipv6": "0",
+    "net.ipv6.conf.default.disable_ipv6": "0",
+}
+SYSCTL_FILE = "/etc/sysctl.d/60-webinfra-testbed.conf"

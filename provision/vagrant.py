@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from provision import PROJECT_ROOT, box
+from provision import PROJECT_ROOT, box, layout
 from provision.topology import DEFAULT_TOPOLOGY, Topology, TopologyError, load
 
 
@@ -46,6 +46,8 @@ def vagrant_view(topology: Topology) -> dict[str, Any]:
         "project": project,
         "checkout": str(PROJECT_ROOT),
         "docker_image": box.image_tag(),
+        # A docker machine's kernel network settings are set when it is created.
+        "sysctls": [f"{k}={v}" for k, v in layout.NET_SYSCTLS.items()],
         "machines": machines,
     }
 

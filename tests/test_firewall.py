@@ -12,16 +12,29 @@ SEED = topology.load("seed")
 MGMT = "172.17.0.1"
 
 
-def _rules(name: str) -> str:
+def _nics(name: str) -> firewall.Nics:
+    """What a docker machine's facts say: eth0 on the management bridge, then one
+    interface per topology network in the topology's order."""
     host = SEED.hosts[name]
+    by_address = {"172.17.0.5": "eth0"}
+    by_address.update({str(a): f"eth{i}" for i, a in enumerate(host.addresses.values(), 1)})
+    return firewall.Nics(by_address, "eth0", ("127.0.0.11",))
+
+
+def _rules(name: str, version: int = 4) -> str:
+    host = SEED.hosts[name]
+    nics = _nics(name)
+    accepts = firewall.accepts(SEED, host, MGMT, nics)
     return render(
         "firewall",
-        "rules.v4.j2",
+        f"rules.v{version}.j2",
         host=host,
-        accepts=firewall.accepts(SEED, host, MGMT),
-        stray_resets=firewall.stray_resets(SEED, firewall.accepts(SEED, host, MGMT)),
+        accepts=accepts,
+        stray_resets=firewall.stray_resets(SEED, accepts),
+        egress=None if firewall.egress_open(host) else firewall.egress(SEED, host, nics),
         log_group=firewall.LOG_GROUP,
         prefix=firewall.log_prefix(host),
+        egress_prefix=firewall.egress_log_prefix(host),
     )
 
 
@@ -48,7 +61,7 @@ def test_ssh_is_accepted_only_from_the_management_source(name: str) -> None:
 
 def test_web1_accepts_http_from_the_load_balancer_on_the_private_network_only() -> None:
     rules = _rules("web1")
-    assert "-s 192.168.57.10/32 -d 192.168.57.21/32 -p tcp -m tcp --dport 80 " in rules
+    assert "-i eth1 -s 192.168.57.10/32 -d 192.168.57.21/32 -p tcp -m tcp --dport 80 " in rules
     assert "192.168.56.100" not in rules
 
 
@@ -92,7 +105,75 @@ def test_the_flow_matrix_in_the_docs_is_generated_from_the_seed_topology() -> No
 
 
 def test_the_firewall_role_reads_the_management_source_from_the_host_facts() -> None:
-    ctx = HostContext(SEED, SEED.hosts["web1"], {"ssh_client": "10.0.2.2"})
-    steps = firewall_role.steps(ctx)
+    facts = {
+        "ssh_client": "10.0.2.2",
+        "interfaces": "lo=127.0.0.1/8 eth0=10.0.2.15/24 eth1=192.168.57.21/24",
+        "ssh_iface": "eth0",
+    }
+    steps = firewall_role.steps(HostContext(SEED, SEED.hosts["web1"], facts))
     v4 = next(s for s in steps if isinstance(s, File) and s.path == firewall_role.RULES_V4)
-    assert "-s 10.0.2.2/32 -p tcp -m tcp --dport 22 " in str(v4.content)
+    assert "-i eth0 -s 10.0.2.2/32 -d 10.0.2.15/32 -p tcp -m tcp --dport 22 " in str(v4.content)
+
+
+@pytest.mark.parametrize("name", list(SEED.hosts))
+@pytest.mark.parametrize("version", [4, 6])
+def test_output_drops_by_default_except_on_the_client(name: str, version: int) -> None:
+    policy = "ACCEPT" if name == "client" else "DROP"
+    assert f":OUTPUT {policy} [0:0]" in _rules(name, version)
+
+
+def test_ssh_is_bound_to_the_management_interface_and_the_hosts_own_address_there() -> None:
+    ssh = [line for line in _rules("web1").splitlines() if "--dport 22 " in line]
+    assert ssh == [
+        f"-A INPUT -i eth0 -s {MGMT}/32 -d 172.17.0.5/32 -p tcp -m tcp --dport 22 "
+        '-m comment --comment "ssh from the management path" -j ACCEPT'
+    ]
+
+
+def test_every_allowed_path_has_exactly_one_egress_accept_on_its_source() -> None:
+    for path in SEED.allowed_paths():
+        if firewall.egress_open(path.source):
+            continue
+        rules = firewall.egress(SEED, path.source, _nics(path.source.name))
+        matching = [
+            r
+            for r in rules
+            if f" -d {path.address}/32 -p {path.proto} " in r
+            and (path.proto == "vrrp" or f"--dport {path.port} " in r)
+        ]
+        assert len(matching) == 1, (path, matching)
+
+
+def test_web1_may_start_only_its_flows_dns_dhcp_and_apt() -> None:
+    out = [line for line in _rules("web1").splitlines() if line.startswith("-A OUTPUT")]
+    started = [line for line in out if "-j ACCEPT" in line and "--comment" in line]
+    flows = [p for p in SEED.allowed_paths() if p.source.name == "web1"]
+    assert len(started) == len(flows) + 2  # + dhcp and apt; docker's DNS is on loopback
+    assert all("-o eth1 " in line for line in started if '"flow ' in line)
+    assert "-m owner --uid-owner _apt" in "\n".join(started)
+    assert out[-1] == "-A OUTPUT -j REJECT --reject-with icmp-admin-prohibited"
+
+
+def test_a_resolver_off_loopback_is_allowed_dns_only() -> None:
+    nics = firewall.Nics({"10.0.2.15": "eth0", "192.168.57.21": "eth1"}, "eth0", ("10.0.2.3",))
+    dns = [r for r in firewall.egress(SEED, SEED.hosts["web1"], nics) if "10.0.2.3" in r]
+    assert len(dns) == 2 and all("--dport 53 " in r for r in dns)
+
+
+def test_an_address_no_interface_holds_is_an_error_naming_the_host() -> None:
+    nics = firewall.Nics({"172.17.0.5": "eth0"}, "eth0")
+    with pytest.raises(firewall.FirewallError, match=r"web1: no interface holds its private"):
+        firewall.accepts(SEED, SEED.hosts["web1"], MGMT, nics)
+
+
+def test_nics_are_read_from_the_host_facts() -> None:
+    nics = firewall.Nics.from_facts(
+        {
+            "interfaces": "lo=127.0.0.1/8 eth0=172.17.0.5/16 eth1=192.168.57.21/24",
+            "ssh_iface": "eth0",
+            "resolvers": "127.0.0.11",
+        }
+    )
+    assert nics.of(SEED.hosts["web1"], "private") == "eth1"
+    assert nics.management_address() == "172.17.0.5"
+    assert nics.resolvers == ("127.0.0.11",)

@@ -46,7 +46,8 @@ def rendered(topo: Topology) -> dict[str, str]:
     """ "host path" -> content of every file and command the deploy would write or run."""
     out: dict[str, str] = {}
     for host in topo:
-        ctx = HostContext(topo, host, FACTS)
+        nics = " ".join(f"eth{i}={a}/24" for i, a in enumerate(host.addresses.values(), 1))
+        ctx = HostContext(topo, host, {**FACTS, "interfaces": f"eth0=172.17.0.5/16 {nics}"})
         for role in ALL_ROLES:
             if host not in topo.in_tier(role.tier):
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from provision import firewall
+from provision import firewall, layout
 from provision.engine import (
     Command,
     File,
@@ -36,15 +36,34 @@ APPLY = (
 
 def steps(ctx: HostContext) -> list[Step]:
     management = ctx.facts["ssh_client"]
-    accepts = firewall.accepts(ctx.topology, ctx.host, management)
+    nics = firewall.Nics.from_facts(ctx.facts)
+    accepts = firewall.accepts(ctx.topology, ctx.host, management, nics)
     context: dict[str, Any] = {
         "host": ctx.host,
         "accepts": accepts,
         "stray_resets": firewall.stray_resets(ctx.topology, accepts),
+        "egress": None
+        if firewall.egress_open(ctx.host)
+        else firewall.egress(ctx.topology, ctx.host, nics),
         "log_group": firewall.LOG_GROUP,
         "prefix": firewall.log_prefix(ctx.host),
+        "egress_prefix": firewall.egress_log_prefix(ctx.host),
     }
+    sysctls = "".join(f"{k} = {v}\n" for k, v in layout.NET_SYSCTLS.items())
+    live = " && ".join(f'[ "$(sysctl -n {k})" = {v} ]' for k, v in layout.NET_SYSCTLS.items())
     return [
+        File(
+            layout.SYSCTL_FILE,
+            "# Managed by webinfra-testbed (provision/layout.py NET_SYSCTLS).\n" + sysctls,
+            name="Ensure the kernel's network settings are written (rp_filter, no redirects).",
+        ),
+        Command(
+            "Ensure the kernel's network settings are live.",
+            check=live,
+            run=f"sysctl -q -p {layout.SYSCTL_FILE} || {{ echo 'cannot set them here "
+            "(/proc/sys is read-only: a docker machine gets them when it is created; "
+            "recreate it: ./testbed destroy && ./testbed up)' >&2; exit 1; }",
+        ),
         Packages(
             ("iptables", "iptables-persistent", "netfilter-persistent", "ulogd2"),
             name="Ensure iptables, netfilter-persistent and ulogd2 are installed.",
