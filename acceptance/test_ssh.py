@@ -3,13 +3,18 @@ as sshd itself reports and as a login attempt proves."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import socket
+from pathlib import Path
 
 import paramiko
 import pytest
 import testinfra
 
-from acceptance.conftest import HOST_NAMES
+from acceptance.conftest import HOST_NAMES, TOPOLOGY
+from provision.engine import Remote
+from provision.engine.remote import StepError
 from provision.inventory import Endpoint
 
 EFFECTIVE = {
@@ -105,3 +110,47 @@ def test_root_cannot_log_in_even_with_a_valid_key(
             transport.close()
     finally:
         machine.check_output(f"if [ -e {saved} ]; then mv {saved} {auth}; else rm -f {auth}; fi")
+
+
+def test_fabric_records_a_machines_host_key_then_refuses_any_other(
+    endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    """The deploy's SSH verifies host keys: a testbed machine's key is recorded at first
+    contact and required after; an inventory's server must be known beforehand."""
+    host = TOPOLOGY.with_role("lb")[0]
+    known = tmp_path / "known_hosts"
+    first = dataclasses.replace(endpoints[host.name], known_hosts=str(known), record_new_key=True)
+    with Remote(host, first) as r:
+        assert r.run("true").ok
+    recorded = known.read_text().split()
+    assert len(recorded) == 3 and recorded[1] in ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    # Known now: connected and verified without a new record.
+    strict = dataclasses.replace(first, record_new_key=False)
+    with Remote(host, strict) as r:
+        assert r.run("true").ok
+    assert known.read_text().split() == recorded
+    # Another key under the same name (a machine in the middle): refused, naming the host.
+    other = paramiko.Ed25519Key.from_private_key(io.StringIO(_new_ed25519_pem()))
+    known.write_text(f"{recorded[0]} ssh-ed25519 {other.get_base64()}\n")
+    with pytest.raises(StepError, match=rf"^{host.name} .*presented the SSH host key"):
+        Remote(host, strict).connect()
+    # Not known at all, and not a testbed machine: refused, with how to check and add it.
+    known.write_text("")
+    with pytest.raises(StepError, match=rf"^{host.name} .*is not in {known}"):
+        Remote(host, strict).connect()
+
+
+def _new_ed25519_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return (
+        ed25519.Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )

@@ -19,6 +19,7 @@ Two sources, one shape (:class:`Endpoint`):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from provision import PROJECT_ROOT
+from provision import PROJECT_ROOT, STATE_DIR
 from provision.topology import Topology
 
 INVENTORY_ENV = "TESTBED_INVENTORY"
@@ -52,6 +53,11 @@ class Endpoint:
     key_file: str | None = None
     power: tuple[tuple[str, str], ...] = ()
     """("stop", command), ("start", command): how this machine stops and starts the server."""
+    known_hosts: str | None = None
+    """The known_hosts file its SSH host key must be in (None: ~/.ssh/known_hosts)."""
+    record_new_key: bool = False
+    """A testbed machine: its key is recorded there at first contact (an inventory's
+    servers must be known beforehand)."""
 
     def power_command(self, action: str) -> str | None:
         return dict(self.power).get(action)
@@ -114,7 +120,26 @@ def from_vagrant(topology: Topology, root: Path = PROJECT_ROOT) -> dict[str, End
         raise InventoryError(
             f"Vagrant has no running machine for {', '.join(missing)}: run `vagrant up`"
         )
-    return {h.name: endpoints[h.name] for h in topology}
+    return {
+        h.name: dataclasses.replace(
+            endpoints[h.name],
+            known_hosts=str(machine_known_hosts(root, h.name)),
+            record_new_key=True,
+        )
+        for h in topology
+    }
+
+
+KNOWN_HOSTS_DIR = STATE_DIR / "known_hosts"
+
+
+def machine_known_hosts(root: Path, name: str) -> Path:
+    """Where the SSH host key of Vagrant's machine `name` is recorded: one file per machine
+    id, so a machine created again (a new id, new keys) starts a new record, and the key of
+    the one that runs can never change unnoticed."""
+    ids = sorted((root / ".vagrant" / "machines" / name).glob("*/id"))
+    machine_id = ids[0].read_text().strip()[:16] if ids else "unknown"
+    return KNOWN_HOSTS_DIR / f"{name}-{machine_id}"
 
 
 def from_file(path: Path, topology: Topology) -> dict[str, Endpoint]:
@@ -122,9 +147,11 @@ def from_file(path: Path, topology: Topology) -> dict[str, Endpoint]:
     hosts = data.get("hosts")
     if not isinstance(hosts, Mapping):
         raise InventoryError(f"{path}: expected a top-level 'hosts' mapping")
-    unknown_top = sorted(set(data) - {"hosts", "site"})
+    unknown_top = sorted(set(data) - {"hosts", "site", "known_hosts"})
     if unknown_top:
-        raise InventoryError(f"{path}: {unknown_top[0]}: unknown key (expected hosts, site)")
+        raise InventoryError(
+            f"{path}: {unknown_top[0]}: unknown key (expected hosts, site, known_hosts)"
+        )
     unknown = sorted(set(hosts) - set(topology.hosts))
     if unknown:
         raise InventoryError(
@@ -135,12 +162,14 @@ def from_file(path: Path, topology: Topology) -> dict[str, Endpoint]:
         spec = hosts.get(host.name)
         if not isinstance(spec, Mapping) or "host" not in spec:
             raise InventoryError(f"{path}: hosts.{host.name}: missing (needs at least 'host')")
-        endpoints[host.name] = _endpoint(path, host.name, spec)
+        endpoints[host.name] = _endpoint(path, host.name, spec, data.get("known_hosts"))
     return endpoints
 
 
-def _endpoint(path: Path, name: str, spec: Mapping[str, Any]) -> Endpoint:
-    known = {"host", "user", "port", "key", "power"}
+def _endpoint(
+    path: Path, name: str, spec: Mapping[str, Any], default_known_hosts: object = None
+) -> Endpoint:
+    known = {"host", "user", "port", "key", "power", "known_hosts"}
     extra = sorted(set(spec) - known)
     if extra:
         raise InventoryError(
@@ -159,6 +188,9 @@ def _endpoint(path: Path, name: str, spec: Mapping[str, Any]) -> Endpoint:
     for action, command in power.items():
         if not isinstance(command, str) or not command.strip():
             raise InventoryError(f"{path}: hosts.{name}.power.{action}: expected a command")
+    known_hosts = spec.get("known_hosts", default_known_hosts)
+    if known_hosts is not None and (not isinstance(known_hosts, str) or not known_hosts.strip()):
+        raise InventoryError(f"{path}: hosts.{name}.known_hosts: expected a file name")
     return Endpoint(
         name=name,
         hostname=str(spec["host"]),
@@ -166,6 +198,8 @@ def _endpoint(path: Path, name: str, spec: Mapping[str, Any]) -> Endpoint:
         user=str(spec.get("user", "root")),
         key_file=os.path.expanduser(str(key)) if key else None,
         power=tuple(sorted((str(a), str(c)) for a, c in power.items())),
+        # Relative to the inventory file; the servers' keys must be in it already.
+        known_hosts=str(path.parent / os.path.expanduser(known_hosts)) if known_hosts else None,
     )
 
 

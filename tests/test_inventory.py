@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
+from provision import inventory, topology
 from provision.inventory import (
     INVENTORY_ENV,
     Endpoint,
@@ -369,3 +371,24 @@ def test_a_power_command_with_broken_quoting_is_an_error_naming_the_host(
     assert not power.available("web2")
     with pytest.raises(PowerError, match=r"web2: power\.stop: cannot read"):
         power.command("stop", "web2")
+
+
+def test_an_inventorys_known_hosts_file_is_read_relative_to_it(tmp_path: Path) -> None:
+    topo = topology.load("seed")
+    hosts = {h.name: {"host": f"10.0.0.{i}"} for i, h in enumerate(topo, 1)}
+    hosts["lb1"]["known_hosts"] = "keys/lb1"
+    (tmp_path / "inv.yml").write_text(yaml.safe_dump({"hosts": hosts, "known_hosts": "all"}))
+    eps = inventory.from_file(tmp_path / "inv.yml", topo)
+    assert eps["lb1"].known_hosts == str(tmp_path / "keys" / "lb1")
+    assert eps["web1"].known_hosts == str(tmp_path / "all")
+    assert not any(ep.record_new_key for ep in eps.values()), "a server must be known already"
+
+
+def test_a_vagrant_machines_key_record_follows_its_machine_id(tmp_path: Path) -> None:
+    ids = tmp_path / ".vagrant" / "machines" / "web1" / "docker"
+    ids.mkdir(parents=True)
+    (ids / "id").write_text("8893d03a089a9d82ffff")
+    first = inventory.machine_known_hosts(tmp_path, "web1")
+    (ids / "id").write_text("119d25849f2d59f6ffff")  # created again: new keys, new record
+    assert inventory.machine_known_hosts(tmp_path, "web1") != first
+    assert first.name == "web1-8893d03a089a9d82"

@@ -5,11 +5,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import os
 import shlex
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from provision.inventory import Endpoint
 from provision.topology import Host
@@ -28,6 +34,46 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.rc == 0
+
+
+class UnknownHostKey(RuntimeError):
+    """A server whose SSH host key is not known (an inventory's servers must be)."""
+
+
+_RECORD_LOCK = threading.Lock()
+
+
+def fingerprint(key: Any) -> str:
+    """OpenSSH's form: SHA256:<base64 of the key's SHA-256, unpadded>."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
+
+
+def host_key_policy(endpoint: Endpoint, known_hosts: Path) -> Any:
+    """What to do with a host key not in `known_hosts`: record it (a testbed machine, at
+    its first contact: trust on first use, then verified on every later connection), or
+    refuse it (an inventory's server: its key must be known beforehand)."""
+    import paramiko
+
+    class RecordFirstKey(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            with _RECORD_LOCK:
+                known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "a") as out:
+                    out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+    class RequireKnownKey(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            raise UnknownHostKey(
+                f"its SSH host key ({fingerprint(key)}) is not in {known_hosts}: add it "
+                f"there once you have checked it (ssh-keyscan -p {endpoint.port} "
+                f"{endpoint.hostname}, and compare with the server's own "
+                "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`)"
+            )
+
+    return RecordFirstKey() if endpoint.record_new_key else RequireKnownKey()
 
 
 class Remote:
@@ -50,12 +96,32 @@ class Remote:
         )
         self._root = endpoint.user == "root"
         self.progress: Callable[[str], None] = lambda message: None
+        # Fabric's default accepts any host key (paramiko's AutoAddPolicy, never saved):
+        # verify it instead (host_key_policy).
+        self.known_hosts = Path(endpoint.known_hosts or Path.home() / ".ssh" / "known_hosts")
+        self.conn.client.set_missing_host_key_policy(host_key_policy(endpoint, self.known_hosts))
 
     def connect(self) -> None:
         """Open the connection; on failure nothing is left open. For connections kept in a
         pool (drills); one-off work uses ``with Remote(...) as remote:``."""
+        import paramiko
+
+        where = f"{self.endpoint.hostname}:{self.endpoint.port}"
         try:
+            if self.known_hosts.exists():
+                self.conn.client.load_host_keys(str(self.known_hosts))
             self.conn.open()
+        except paramiko.BadHostKeyException as exc:
+            self.conn.close()
+            raise StepError(
+                f"{self.host.name} ({where}) presented the SSH host key {fingerprint(exc.key)}, "
+                f"not the one recorded in {self.known_hosts}: a machine in the middle, or the "
+                "server was reinstalled. Check the server's key; if it is right, remove the "
+                f"old line (ssh-keygen -f {self.known_hosts} -R {exc.hostname!r})."
+            ) from None
+        except UnknownHostKey as exc:
+            self.conn.close()
+            raise StepError(f"{self.host.name} ({where}): {exc}") from None
         except BaseException:
             self.conn.close()
             raise
@@ -101,12 +167,17 @@ class Remote:
             "echo $SSH_CLIENT; nproc; uname -m; "
             "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'; "
             "ip -o -4 addr show 2>/dev/null | awk '{print $2 \"=\" $4}' | tr '\\n' ' '; "
-            "echo; id -un",
+            "echo; id -un; "
+            # The interface the management source is reached through, and the resolvers.
+            # (each on one line, empty when unknown).
+            'echo "$(ip route get "${SSH_CLIENT%% *}" 2>/dev/null '
+            "| sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -n 1)\"; "
+            "echo $(awk '/^nameserver/ {print $2}' /etc/resolv.conf 2>/dev/null)",
             hide=True,
             in_stream=False,
             warn=True,
         )
-        lines = res.stdout.splitlines() + ["", "", "", "", "", ""]
+        lines = res.stdout.splitlines() + [""] * 8
         client = lines[0].split()
         return {
             "ssh_client": client[0] if client else "127.0.0.1",
@@ -117,6 +188,8 @@ class Remote:
             "interfaces": lines[4].strip(),
             # Who the deploy logs in as: the one account sshd lets in (AllowUsers).
             "ssh_user": lines[5].strip(),
+            "ssh_iface": lines[6].strip(),
+            "resolvers": lines[7].strip(),
         }
 
     def output_bytes(self, command: str) -> bytes:

@@ -73,6 +73,7 @@ def export_inventory(topo: topology.Topology) -> str:
         raise TaskError(str(exc)) from None
     view = {m["name"]: m for m in vagrant.vagrant_view(topo)["machines"]}
     hosts: dict[str, dict[str, object]] = {}
+    known_lines: list[str] = []
     for host in topo:
         container = view[host.name]["container"]
         res = subprocess.run(
@@ -90,6 +91,18 @@ def export_inventory(topo: topology.Topology) -> str:
         bridge = (networks.get("bridge") or {}).get("IPAddress")
         if not bridge:
             raise TaskError(f"{host.name}: container {container} has no address on docker's bridge")
+        # The machine's host keys, read through docker (not over the network they secure).
+        keys = subprocess.run(
+            ["docker", "exec", container, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if keys.returncode != 0 or not keys.stdout.strip():
+            raise TaskError(f"{host.name}: cannot read its SSH host keys: {keys.stderr.strip()}")
+        known_lines += [
+            f"{bridge} {' '.join(line.split()[:2])}" for line in keys.stdout.splitlines() if line
+        ]
         ep = eps[host.name]
         hosts[host.name] = {
             "host": bridge,
@@ -105,9 +118,13 @@ def export_inventory(topo: topology.Topology) -> str:
         site = inventory.vagrant_site_entry(topo)
     except inventory.InventoryError as exc:
         raise TaskError(str(exc)) from None
+    known_hosts = inventory.KNOWN_HOSTS_DIR / f"inventory-{topo.name}"
+    write_private(str(known_hosts), "".join(f"{line}\n" for line in known_lines))
     data = {
         "hosts": hosts,
         "site": {"address": site.address, "https": site.https, "http": site.http},
+        # Every server's SSH host key: a deploy refuses a server whose key is not here.
+        "known_hosts": str(known_hosts),
     }
     header = (
         f"# Inventory of the running machines of topology {topo.name}, reached without Vagrant\n"
