@@ -39,10 +39,15 @@ def file_option_is_live(name: str) -> bool:
     return bool(FILE_OPTIONS.get(name)) and name not in topology.saved_options(TOPOLOGY.name)
 
 
-OPTION_TIERS = {"auto_failover": ("db", "monitor")}
+OPTION_TIERS = {
+    "auto_failover": ("db", "monitor"),
+    "edge_requests_per_10s": ("lb",),
+    "edge_conns_per_client": ("lb",),
+}
 """The tiers whose roles read an option (auto_failover: the db role's lease and failover
 account, dbwatch on the monitor). Switching one deploys those hosts, and the hosts whose
-firewall flows it changes, not the whole testbed; other options deploy every host."""
+firewall flows it changes, not the whole testbed; other options deploy every host. The
+edge limits: HAProxy's config on the balancers."""
 
 
 def option_hosts(name: str) -> list[str]:
@@ -61,20 +66,21 @@ def option_hosts(name: str) -> list[str]:
     return [h for h in HOST_NAMES if h in hosts]
 
 
-def deploy_option(name: str, value: bool) -> None:
+def deploy_option(name: str, value: object) -> None:
     """`fab deploy --option NAME=VALUE`, on the hosts the option changes."""
     from provision.testkit import fab
 
     hosts = option_hosts(name)
     only = ["--only", ",".join(hosts)] if hosts else []
-    fab("deploy", "--option", f"{name}={str(value).lower()}", *only)
+    shown = str(value).lower() if isinstance(value, bool) else str(value)
+    fab("deploy", "--option", f"{name}={shown}", *only)
 
 
 def restore_option(name: str) -> None:
     """Set option `name` back to the file's value (options persist across deploys)."""
     if name not in topology.saved_options(TOPOLOGY.name):
         return  # the file's value is the live one
-    deploy_option(name, bool(FILE_OPTIONS.get(name, False)))
+    deploy_option(name, FILE_OPTIONS.get(name, False))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

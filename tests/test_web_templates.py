@@ -132,3 +132,17 @@ def test_the_balancers_client_certificate_can_authenticate_clients_only() -> Non
     cert = site.balancer_client_certificate().cert
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_the_edge_limits_come_from_the_topology_options() -> None:
+    cfg = _haproxy({"edge_conns_per_client": 7, "edge_requests_per_10s": 30, "edge_maxconn": 99})
+    assert "    maxconn 99\n" in cfg
+    assert "tcp-request connection reject if { sc0_conn_cur gt 7 }" in cfg
+    assert "tcp-request connection reject if { sc0_conn_cur(https) gt 7 }" in cfg
+    assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 30 }" in cfg
+
+
+@pytest.mark.parametrize("bad", [0, -1, "many", True, 2.5])
+def test_an_edge_limit_that_is_not_a_positive_number_is_refused_by_name(bad: object) -> None:
+    with pytest.raises(ValueError, match="edge_requests_per_10s: expected a positive whole"):
+        _haproxy({"edge_requests_per_10s": bad})

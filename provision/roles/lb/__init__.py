@@ -34,6 +34,18 @@ CLIENT_CERT = "/etc/haproxy/certs/backend-client.pem"
 """The balancers' client certificate: web servers accept TLS only from its holder (mTLS)."""
 CONFIG = "/etc/haproxy/haproxy.cfg"
 HTTP_REQUEST_TIMEOUT = "5s"
+
+
+def limit(topo: Topology, name: str) -> int:
+    """An edge limit (topology option): per client address, connections held at once
+    (edge_conns_per_client) and requests per 10 s (edge_requests_per_10s); connections in
+    all (edge_maxconn, HAProxy's global maxconn)."""
+    value = topo.option(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"topology option {name}: expected a positive whole number, got {value!r}")
+    return value
+
+
 """How long a client may take to send its request headers (slowloris guard)."""
 
 
@@ -78,6 +90,9 @@ def steps(ctx: HostContext) -> list[Step]:
         stats_bind=f"{stats_address}:{stats_port}",
         stats_port=stats_port,
         http_request_timeout=HTTP_REQUEST_TIMEOUT,
+        edge_conns_per_client=limit(topo, "edge_conns_per_client"),
+        edge_requests_per_10s=limit(topo, "edge_requests_per_10s"),
+        edge_maxconn=limit(topo, "edge_maxconn"),
     )
     return [
         Packages(("haproxy", "socat"), name="Ensure HAProxy and socat are installed."),
