@@ -223,6 +223,38 @@ def stray_resets(topology: Topology, accepts_: list[Accept]) -> list[str]:
     ]
 
 
+SITE_PORTS = ("site-https", "site-http")
+
+
+def restart_holds(topology: Topology, host: Host, accepts_: list[Accept]) -> list[str]:
+    """On a load balancer, for each accepted way to the site's ports: a new connection that
+    finds no listener (HAProxy restarting after a crash, or stopped while its address
+    moves) is dropped, not refused, so the client's TCP sends it again a second later,
+    when HAProxy is back or the other balancer has the address, instead of failing.
+
+    `-m socket --nowildcard` matches a packet for which a socket exists, HAProxy's
+    wildcard listener included; the SYN that matches none falls to the DROP."""
+    if not host.has_role("lb"):
+        return []
+    ports = {topology.port(p) for p in SITE_PORTS}
+    rules = []
+    for a in accepts_:
+        if a.proto != "tcp" or a.port not in ports:
+            continue
+        match = (
+            f"-A INPUT{f' -i {a.interface}' if a.interface else ''} -s {a.source_address}"
+            f"{f' -d {a.address}/32' if a.address else ''} -p tcp -m tcp --dport {a.port} "
+            "--tcp-flags FIN,SYN,RST,ACK SYN"
+        )
+        rules += [
+            f'{match} -m socket --nowildcard -m comment --comment "site port {a.port}: '
+            f'HAProxy listens ({a.source})" -j ACCEPT',
+            f'{match} -m comment --comment "site port {a.port}: no listener yet, the client '
+            f'retries ({a.source})" -j DROP',
+        ]
+    return rules
+
+
 def log_prefix(host: Host) -> str:
     # NFLOG prefixes are at most 64 bytes; host names are short.
     return f"fw-drop {host.name}: "

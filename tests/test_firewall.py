@@ -31,6 +31,7 @@ def _rules(name: str, version: int = 4) -> str:
         host=host,
         accepts=accepts,
         stray_resets=firewall.stray_resets(SEED, accepts),
+        restart_holds=firewall.restart_holds(SEED, host, accepts),
         egress=None if firewall.egress_open(host) else firewall.egress(SEED, host, nics),
         log_group=firewall.LOG_GROUP,
         prefix=firewall.log_prefix(host),
@@ -177,3 +178,18 @@ def test_nics_are_read_from_the_host_facts() -> None:
     assert nics.of(SEED.hosts["web1"], "private") == "eth1"
     assert nics.management_address() == "172.17.0.5"
     assert nics.resolvers == ("127.0.0.11",)
+
+
+def test_a_site_connection_that_finds_no_listener_is_held_not_refused_on_the_balancer() -> None:
+    rules = _rules("lb1").splitlines()
+    holds = [r for r in rules if "--tcp-flags FIN,SYN,RST,ACK SYN" in r]
+    # For each way to 443 and 80 (the client, and the operator's forwards): a listener
+    # accepts, and no listener drops, both before the flow's own accept.
+    assert len(holds) == 2 * len(
+        [a for a in firewall.accepts(SEED, SEED.hosts["lb1"], MGMT) if a.port in (80, 443)]
+    )
+    first_accept = next(i for i, r in enumerate(rules) if '"flow client->lb1 443/tcp' in r)
+    drop = next(i for i, r in enumerate(rules) if "no listener yet" in r and "--dport 443" in r)
+    assert drop < first_accept and rules[drop].endswith("-j DROP")
+    assert "-m socket --nowildcard" in rules[drop - 1]
+    assert not any("no listener yet" in r for r in _rules("web1").splitlines())

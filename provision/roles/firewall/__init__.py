@@ -42,6 +42,7 @@ def steps(ctx: HostContext) -> list[Step]:
         "host": ctx.host,
         "accepts": accepts,
         "stray_resets": firewall.stray_resets(ctx.topology, accepts),
+        "restart_holds": firewall.restart_holds(ctx.topology, ctx.host, accepts),
         "egress": None
         if firewall.egress_open(ctx.host)
         else firewall.egress(ctx.topology, ctx.host, nics),
