@@ -6,8 +6,8 @@ flow, bound to the interface and address it arrives at; SSH (and the ports the t
 forwards) are accepted only from the management source (the address the deploy's own SSH
 session comes from) on the management interface; the rest is logged (rate-limited, NFLOG
 to ulogd2, prefix naming the host) and dropped. Out: loopback, replies, each flow this
-host starts (to its destination address and port, out of its interface), DNS to the
-host's resolvers, and package downloads (apt's fetcher, which runs as `_apt`); the rest is
+host starts (to its destination address and port, out of its interface), DNS, and
+package downloads (apt's fetcher, which runs as `_apt`); the rest is
 logged and refused, so a local process fails at once and says so. The `client` machine
 stands for the Internet: its egress is left open. IPv6: the topology has no IPv6 flows,
 so only loopback, replies and neighbour discovery pass, either way.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from provision.topology import PORTLESS, Host, Topology
 
@@ -45,8 +45,6 @@ class Nics:
     """Each IPv4 address of the host -> the interface that holds it."""
     management: str = ""
     """The interface the management source is reached through (`ip route get`)."""
-    resolvers: tuple[str, ...] = field(default=())
-    """The nameservers of /etc/resolv.conf."""
 
     @classmethod
     def from_facts(cls, facts: Mapping[str, str]) -> Nics:
@@ -54,11 +52,7 @@ class Nics:
         for item in facts.get("interfaces", "").split():
             name, _, cidr = item.partition("=")
             by_address[cidr.split("/")[0]] = name
-        return cls(
-            by_address,
-            facts.get("ssh_iface", ""),
-            tuple(facts.get("resolvers", "").split()),
-        )
+        return cls(by_address, facts.get("ssh_iface", ""))
 
     def of(self, host: Host, network: str) -> str:
         address = str(host.addresses[network])
@@ -173,7 +167,7 @@ def _what(proto: str, port: int) -> str:
 
 def egress(topology: Topology, host: Host, nics: Nics | None = None) -> list[str]:
     """The OUTPUT ACCEPT rules of `host`: each flow it starts (out of its interface, to
-    the destination address and port), DNS to its resolvers, DHCP, and apt's downloads.
+    the destination address and port), DNS, DHCP, and apt's downloads.
     The template skips them for a host whose egress is open (egress_open)."""
     rules = []
     for path in topology.allowed_paths():
@@ -185,17 +179,14 @@ def egress(topology: Topology, host: Host, nics: Nics | None = None) -> list[str
             f'-m comment --comment "flow {host.name}->{path.dest.name} '
             f'{_what(path.proto, path.port)}: {path.why}" -j ACCEPT'
         )
-    for resolver in nics.resolvers if nics else ():
-        if (
-            ipaddress.ip_address(resolver).version != 4
-            or ipaddress.ip_address(resolver).is_loopback
-        ):
-            continue  # loopback resolvers (docker's 127.0.0.11) pass with -o lo
-        rules += [
-            f"-A OUTPUT -d {resolver}/32 -p {proto} -m {proto} --dport 53 "
-            f'-m comment --comment "dns to the resolver in /etc/resolv.conf" -j ACCEPT'
-            for proto in ("udp", "tcp")
-        ]
+    # DNS to any server: docker's embedded resolver (127.0.0.11) forwards a machine's
+    # queries to the host's resolvers from inside the machine's own network namespace, so
+    # the real servers are not the ones /etc/resolv.conf names.
+    rules += [
+        f"-A OUTPUT -p {proto} -m {proto} --dport 53 "
+        '-m comment --comment "dns (to any resolver: docker forwards from inside)" -j ACCEPT'
+        for proto in ("udp", "tcp")
+    ]
     rules += [
         "-A OUTPUT -p udp -m udp --sport 68 --dport 67 "
         '-m comment --comment "dhcp lease renewals (a VM\'s NAT interface)" -j ACCEPT',

@@ -18,7 +18,7 @@ def _nics(name: str) -> firewall.Nics:
     host = SEED.hosts[name]
     by_address = {"172.17.0.5": "eth0"}
     by_address.update({str(a): f"eth{i}" for i, a in enumerate(host.addresses.values(), 1)})
-    return firewall.Nics(by_address, "eth0", ("127.0.0.11",))
+    return firewall.Nics(by_address, "eth0")
 
 
 def _rules(name: str, version: int = 4) -> str:
@@ -149,16 +149,10 @@ def test_web1_may_start_only_its_flows_dns_dhcp_and_apt() -> None:
     out = [line for line in _rules("web1").splitlines() if line.startswith("-A OUTPUT")]
     started = [line for line in out if "-j ACCEPT" in line and "--comment" in line]
     flows = [p for p in SEED.allowed_paths() if p.source.name == "web1"]
-    assert len(started) == len(flows) + 2  # + dhcp and apt; docker's DNS is on loopback
+    assert len(started) == len(flows) + 4  # + DNS over udp and tcp, dhcp and apt
     assert all("-o eth1 " in line for line in started if '"flow ' in line)
     assert "-m owner --uid-owner _apt" in "\n".join(started)
     assert out[-1] == "-A OUTPUT -j REJECT --reject-with icmp-admin-prohibited"
-
-
-def test_a_resolver_off_loopback_is_allowed_dns_only() -> None:
-    nics = firewall.Nics({"10.0.2.15": "eth0", "192.168.57.21": "eth1"}, "eth0", ("10.0.2.3",))
-    dns = [r for r in firewall.egress(SEED, SEED.hosts["web1"], nics) if "10.0.2.3" in r]
-    assert len(dns) == 2 and all("--dport 53 " in r for r in dns)
 
 
 def test_an_address_no_interface_holds_is_an_error_naming_the_host() -> None:
@@ -172,12 +166,10 @@ def test_nics_are_read_from_the_host_facts() -> None:
         {
             "interfaces": "lo=127.0.0.1/8 eth0=172.17.0.5/16 eth1=192.168.57.21/24",
             "ssh_iface": "eth0",
-            "resolvers": "127.0.0.11",
         }
     )
     assert nics.of(SEED.hosts["web1"], "private") == "eth1"
     assert nics.management_address() == "172.17.0.5"
-    assert nics.resolvers == ("127.0.0.11",)
 
 
 def test_a_site_connection_that_finds_no_listener_is_held_not_refused_on_the_balancer() -> None:

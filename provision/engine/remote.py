@@ -168,11 +168,9 @@ class Remote:
             "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'; "
             "ip -o -4 addr show 2>/dev/null | awk '{print $2 \"=\" $4}' | tr '\\n' ' '; "
             "echo; id -un; "
-            # The interface the management source is reached through, and the resolvers.
-            # (each on one line, empty when unknown).
+            # The interface the management source is reached through (empty if unknown).
             'echo "$(ip route get "${SSH_CLIENT%% *}" 2>/dev/null '
-            "| sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -n 1)\"; "
-            "echo $(awk '/^nameserver/ {print $2}' /etc/resolv.conf 2>/dev/null)",
+            "| sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -n 1)\"",
             hide=True,
             in_stream=False,
             warn=True,
@@ -189,7 +187,6 @@ class Remote:
             # Who the deploy logs in as: the one account sshd lets in (AllowUsers).
             "ssh_user": lines[5].strip(),
             "ssh_iface": lines[6].strip(),
-            "resolvers": lines[7].strip(),
         }
 
     def output_bytes(self, command: str) -> bytes:
