@@ -16,7 +16,9 @@ def probe(target):
     s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(%(timeout)s)
     try:
-        s.connect((addr, int(port)))
+        # getaddrinfo reads a link-local address's scope ("fe80::1%%eth1"); a plain tuple
+        # would leave it out (EINVAL).
+        s.connect(socket.getaddrinfo(addr, int(port), family, socket.SOCK_STREAM)[0][4])
         return "open"
     except ConnectionRefusedError:
         return "refused"
