@@ -179,6 +179,13 @@ def egress(topology: Topology, host: Host, nics: Nics | None = None) -> list[str
             f'-m comment --comment "flow {host.name}->{path.dest.name} '
             f'{_what(path.proto, path.port)}: {path.why}" -j ACCEPT'
         )
+    for out in topology.egress:
+        if host.has_role(out.role):
+            rules.append(
+                f"-A OUTPUT -d {out.to} -p {out.proto} -m {out.proto} --dport {out.port} "
+                f'-m comment --comment "egress {out.role}->{out.to} {out.port}/{out.proto}: '
+                f'{out.why}" -j ACCEPT'
+            )
     # DNS to any server: docker's embedded resolver (127.0.0.11) forwards a machine's
     # queries to the host's resolvers from inside the machine's own network namespace, so
     # the real servers are not the ones /etc/resolv.conf names.

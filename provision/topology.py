@@ -132,6 +132,18 @@ class Flow:
 
 
 @dataclass(frozen=True)
+class Egress:
+    """A connection hosts of a role may open to an address outside the testbed (`egress:`):
+    the firewall's OUTPUT refuses every other one."""
+
+    role: str
+    to: ipaddress.IPv4Network | ipaddress.IPv6Network
+    port: int
+    proto: str
+    why: str = ""
+
+
+@dataclass(frozen=True)
 class Path_:
     """One concrete allowed connection: source host to an address of the destination."""
 
@@ -184,6 +196,8 @@ class Topology:
     """Floating addresses (`vips:`), by name."""
     scaled: Mapping[str, int] = field(default_factory=dict)
     """Counts changed from the file's (`count.web: 3`, from `fab scale`), kept like options."""
+    egress: tuple[Egress, ...] = ()
+    """Connections to addresses outside the testbed that a role may open (`egress:`)."""
 
     def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
@@ -466,6 +480,7 @@ class _Parser:
                 "vips",
                 "hosts",
                 "flows",
+                "egress",
             },
             {"name", "site", "ports", "networks", "hosts", "flows"},
         )
@@ -507,7 +522,39 @@ class _Parser:
             ports=self.ports,
             vips=vips,
             scaled={k: v for k, v in self.overrides.items() if k.startswith(COUNT_PREFIX)},
+            egress=self.egress(top.get("egress") or [], hosts),
         )
+
+    def egress(self, value: Any, hosts: Mapping[str, Host]) -> tuple[Egress, ...]:
+        """`egress:` the connections a role may open to addresses outside the testbed."""
+        if not isinstance(value, list):
+            raise self.fail("egress", "expected a list of {from, to, port, proto, why}")
+        used_roles = {r for h in hosts.values() for r in h.roles}
+        found = []
+        for i, item in enumerate(value):
+            key = f"egress[{i}]"
+            spec = self.mapping(
+                item, key, {"from", "to", "port", "proto", "why"}, {"from", "to", "port"}
+            )
+            role = spec["from"]
+            if not isinstance(role, str) or role not in used_roles:
+                raise self.fail(f"{key}.from", f"no host carries role {role!r}")
+            try:
+                to = ipaddress.ip_network(str(spec["to"]), strict=False)
+            except ValueError:
+                raise self.fail(
+                    f"{key}.to", f"expected an address or CIDR, got {spec['to']!r}"
+                ) from None
+            if to.version != 4:
+                raise self.fail(f"{key}.to", "IPv4 only (the testbed has no IPv6 flows)")
+            port = spec["port"]
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise self.fail(f"{key}.port", f"expected 1-65535, got {port!r}")
+            proto = spec.get("proto", "tcp")
+            if proto not in ("tcp", "udp"):
+                raise self.fail(f"{key}.proto", f"expected tcp or udp, got {proto!r}")
+            found.append(Egress(role, to, port, proto, str(spec.get("why") or "")))
+        return tuple(found)
 
     def site(self, value: Any) -> Site:
         site = self.mapping(value, "site", {"name", "aliases"}, {"name"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from provision import PROJECT_ROOT, firewall, topology
@@ -185,3 +187,35 @@ def test_a_site_connection_that_finds_no_listener_is_held_not_refused_on_the_bal
     assert drop < first_accept and rules[drop].endswith("-j DROP")
     assert "-m socket --nowildcard" in rules[drop - 1]
     assert not any("no listener yet" in r for r in _rules("web1").splitlines())
+
+
+def _with_egress(entries: str) -> topology.Topology:
+    text = (PROJECT_ROOT / "topologies" / "seed.yml").read_text() + f"\negress:\n{entries}"
+    return topology.parse(text, "seed-egress.yml")
+
+
+def test_an_egress_entry_opens_that_address_and_port_to_its_roles_hosts_only() -> None:
+    topo = _with_egress(
+        "  - {from: monitor, to: 198.51.100.25, port: 587, proto: tcp, why: alert mail}\n"
+    )
+    mail = [r for r in firewall.egress(topo, topo.hosts["monitor"]) if "198.51.100.25" in r]
+    assert mail == [
+        "-A OUTPUT -d 198.51.100.25/32 -p tcp -m tcp --dport 587 "
+        '-m comment --comment "egress monitor->198.51.100.25/32 587/tcp: alert mail" -j ACCEPT'
+    ]
+    assert not any("198.51.100.25" in r for r in firewall.egress(topo, topo.hosts["lb1"]))
+
+
+@pytest.mark.parametrize(
+    "entry,key",
+    [
+        ("{from: nobody, to: 198.51.100.25, port: 587}", "egress[0].from"),
+        ("{from: monitor, to: smtp.example.org, port: 587}", "egress[0].to"),
+        ("{from: monitor, to: 198.51.100.25, port: 0}", "egress[0].port"),
+        ("{from: monitor, to: 198.51.100.25, port: 587, proto: icmp}", "egress[0].proto"),
+        ("{from: monitor, to: 198.51.100.25}", "egress[0]"),
+    ],
+)
+def test_a_malformed_egress_entry_names_its_key(entry: str, key: str) -> None:
+    with pytest.raises(topology.TopologyError, match=rf"seed-egress.yml: {re.escape(key)}"):
+        _with_egress(f"  - {entry}\n")
