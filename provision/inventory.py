@@ -20,7 +20,10 @@ Two sources, one shape (:class:`Endpoint`):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +105,37 @@ def parse_ssh_config(text: str) -> dict[str, Endpoint]:
     return endpoints
 
 
-def from_vagrant(topology: Topology, root: Path = PROJECT_ROOT) -> dict[str, Endpoint]:
+SSH_CONFIG_CACHE = STATE_DIR / "vagrant-ssh-config.json"
+
+
+def _machine_ids(root: Path) -> dict[str, str]:
+    """Vagrant's id of each machine it has created (.vagrant/machines/NAME/PROVIDER/id)."""
+    return {
+        p.parent.parent.name: p.read_text().strip()
+        for p in sorted((root / ".vagrant" / "machines").glob("*/*/id"))
+        if p.read_text().strip()
+    }
+
+
+def vagrant_ssh_config(topology: Topology, root: Path = PROJECT_ROOT) -> str:
+    """`vagrant ssh-config` of every machine, kept while the same machines exist.
+
+    Asking Vagrant costs about 5 s (Ruby, its plugins, the Vagrantfile); the answer changes
+    only when a machine is created or destroyed, which changes Vagrant's machine ids, the
+    cache's key. A machine halted and started again keeps its id, port and key."""
     import vagrant  # python-vagrant
 
+    key = hashlib.sha256(
+        json.dumps([topology.name, str(root), sorted(_machine_ids(root).items())]).encode()
+    ).hexdigest()
+    cache = SSH_CONFIG_CACHE if root == PROJECT_ROOT else None
+    try:
+        kept = json.loads(cache.read_text()) if cache else {}
+    except (OSError, ValueError):
+        kept = {}
+    text = str(kept.get("ssh_config", "")) if kept.get("key") == key else ""
+    if text and all(h.name in parse_ssh_config(text) for h in topology):
+        return text
     env = dict(os.environ, TESTBED_TOPOLOGY=topology.name)
     v = vagrant.Vagrant(root=str(root), env=env, quiet_stderr=True)
     try:
@@ -114,6 +145,17 @@ def from_vagrant(topology: Topology, root: Path = PROJECT_ROOT) -> dict[str, End
             "`vagrant ssh-config` failed: are the machines up? Run `vagrant up` "
             f"(or ./testbed up) first. ({exc})"
         ) from None
+    if cache:  # replaced in one step: a process reading it never sees half a file
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".ssh-config.")
+        with os.fdopen(fd, "w") as out:
+            json.dump({"key": key, "ssh_config": text}, out)
+        os.replace(tmp, cache)
+    return text
+
+
+def from_vagrant(topology: Topology, root: Path = PROJECT_ROOT) -> dict[str, Endpoint]:
+    text = vagrant_ssh_config(topology, root)
     endpoints = parse_ssh_config(text)
     missing = [h.name for h in topology if h.name not in endpoints]
     if missing:
