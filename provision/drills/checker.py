@@ -38,7 +38,7 @@ The invariants, by their stable names:
     Only for a load-balancer drill (``expect.lb_fault``: its haproxy, machine or links),
     in place of the three "never fails" invariants above: a client's connection to the
     balancer that dies is cut, whatever the design, so the promise is a bound. At most
-    ``LB_MAX_FAILED_SHARE`` (2 %; issue 11 asked for 0.5 %, see the constant) of the
+    ``LB_MAX_FAILED_SHARE`` (1 %; issue 11 asked for 0.5 %, see the constant) of the
     drill's requests fail, and no stretch from fault-start on is longer than
     ``LB_MAX_GAP_S`` (3 s, issue 11's goal) without a successful request.
 
@@ -86,12 +86,14 @@ from typing import Any
 from provision.drills.history import GET_KINDS, KINDS, History, Op, Sample
 
 BUCKET_SECONDS = 0.5
-LB_MAX_FAILED_SHARE = 0.02
-"""Issue 11 asked for 0.5 %; measured under the drill's load (20 requests/s, about a minute)
-a dying balancer costs 1.1-1.2 %: every request in flight on it, and those sent during the
-~0.5 s its haproxy restarts or the address moves, fail, since a client does not retry a
-request on a connection that broke. The bound sits near what is measured, so a regression
-shows; docs/lb-failover.md has the figures and what meeting 0.5 % would take."""
+LB_MAX_FAILED_SHARE = 0.01
+"""Issue 11 asked for 0.5 %. Measured under the drill's load (20 requests/s, about a
+minute): 1.1-1.5 % while a connection that found no listener (haproxy restarting, or the
+address moving) was refused; 0.09 % (haproxy killed) and 0.43 % (machine stopped) once the
+balancers hold such a connection instead, so the client's TCP sends it again a second
+later (firewall.restart_holds). What still fails is what was in flight on the balancer
+that died. The bound sits near what is measured, so a regression shows; docs/lb-failover.md
+has the figures."""
 LB_MAX_GAP_S = 3.0
 MAX_DETAILS = 20
 MAX_NOTES = 50
@@ -105,7 +107,7 @@ TITLES: dict[str, str] = {
     "db_free_pages_answer": "The page and the health check, which need no database, never fail.",
     "reads_answer": "Reads (note lists and single notes) never fail.",
     "gets_answer_during_web_fault": "A web-tier fault costs no failed GET of any kind.",
-    "front_door_failover_bounded": "A load-balancer fault costs at most 2 % of the "
+    "front_door_failover_bounded": "A load-balancer fault costs at most 1 % of the "
     "requests and 3 s of service.",
 }
 """Every invariant's stable name and its one-sentence statement, in report order."""
