@@ -91,8 +91,8 @@ LB_MAX_FAILED_SHARE = 0.01
 minute): 1.1-1.5 % while a connection that found no listener (haproxy restarting, or the
 address moving) was refused; 0.09-0.19 % (haproxy killed) and 0.43-0.66 % (machine
 stopped), two runs each, once the balancers hold such a connection instead, so the
-client's TCP sends it again a second later (firewall.restart_holds). What still fails is what was in flight on the balancer
-that died. The bound sits near what is measured, so a regression shows; docs/lb-failover.md
+client's TCP sends it again a second later (firewall.restart_holds). What still fails is
+what was in flight on the balancer that died. The bound sits near what is measured, so a regression shows; docs/lb-failover.md
 has the figures."""
 LB_MAX_GAP_S = 3.0
 MAX_DETAILS = 20
