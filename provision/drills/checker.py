@@ -92,8 +92,8 @@ minute): 1.1-1.5 % while a connection that found no listener (haproxy restarting
 address moving) was refused; 0.09-0.19 % (haproxy killed) and 0.43-0.66 % (machine
 stopped), two runs each, once the balancers hold such a connection instead, so the
 client's TCP sends it again a second later (firewall.restart_holds). What still fails is
-what was in flight on the balancer that died. The bound sits near what is measured, so a regression shows; docs/lb-failover.md
-has the figures."""
+what was in flight on the balancer that died. The bound sits near what is measured, so a
+regression shows; docs/lb-failover.md has the figures."""
 LB_MAX_GAP_S = 3.0
 MAX_DETAILS = 20
 MAX_NOTES = 50
