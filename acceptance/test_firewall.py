@@ -314,9 +314,15 @@ def test_a_dropped_connection_is_logged_on_the_destination_with_its_host_prefix(
 
 
 CLOSED_EGRESS = [name for name in HOST_NAMES if not firewall.egress_open(TOPOLOGY.hosts[name])]
-HOST_SIDE_PORTS = [22, 80, 443, 2375, 8443, 9090]
-"""Ports a machine could use against the docker host (sshd, web, docker's API, the
-forwards): the docker host is this testbed's own machine, so the probes stay here."""
+DOCKER_API = 2375
+"""Not a testbed port: docker's own API, which a machine must never reach on its host."""
+HOST_SIDE_PORTS = sorted(
+    {22, TOPOLOGY.port("site-http"), TOPOLOGY.port("site-https"), DOCKER_API}
+    | {local for host in TOPOLOGY for local in host.forward.values()}
+)
+"""Ports a machine could use against the docker host: sshd, the site's, docker's API and
+the ports the topology forwards there. The docker host is this testbed's own machine, so
+the probes stay here."""
 
 
 def _host_side(machine: testinfra.host.Host) -> list[str]:
