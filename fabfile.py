@@ -24,7 +24,7 @@ from fabric import task
 from invoke import Collection, Context
 from invoke.exceptions import Exit
 
-from provision import secrets
+from provision import secrets, site
 from provision.engine import StepError
 from provision.inventory import InventoryError
 from provision.ops import db as dbops
@@ -156,10 +156,13 @@ def firewall_show(c: Context, topology: str = "", inventory: str = "") -> None:
     firewall_view.show(topology, inventory)
 
 
-@task
-def ca(c: Context) -> None:
-    """Print the path of the testbed CA certificate (to trust it in a browser or curl)."""
-    print(secrets.ca_cert_path())
+@task(help={"topology": TOPOLOGY_HELP})
+@exits("ca")
+def ca(c: Context, topology: str = "") -> None:
+    """Print the path of the site CA certificate, to trust in a browser or curl. It can vouch
+    only for the site's names and the testbed's addresses (name constraints, one year)."""
+    site.authority(load(topology))
+    print(secrets.site_ca_cert_path())
 
 
 @task(name="renew", help={"topology": TOPOLOGY_HELP, "inventory": INVENTORY_HELP})

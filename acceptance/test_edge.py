@@ -27,7 +27,7 @@ CLIENT = TOPOLOGY.with_role("client")[0]
 def _client_is_served(machines: dict[str, testinfra.host.Host]) -> str:
     """The status the client machine gets for /health (curl, the testbed CA trusted)."""
     client = machines[CLIENT.name]
-    pem = secrets.ca().cert_pem.decode()
+    pem = secrets.site_ca_cert_path().read_text()
     client.check_output(f"printf %s {shlex.quote(pem)} > /tmp/testbed-ca.crt")
     return client.check_output(
         "curl -s -o /dev/null -w '%{http_code}' --max-time 10 --cacert /tmp/testbed-ca.crt "

@@ -20,18 +20,64 @@ from acceptance.site import (
     request,
     tls_socket,
 )
-from provision import secrets
+from provision import secrets, testkit
+from provision.site import authority as site_authority
 from provision.testkit import fab
 
 CLIENT = TOPOLOGY.with_role("client")[0].name
 
 
 @pytest.mark.parametrize("name", TOPOLOGY.site.names)
-def test_the_chain_verifies_against_the_testbed_ca_for_each_site_name(name: str) -> None:
+def test_the_chain_verifies_against_the_site_ca_for_each_site_name(name: str) -> None:
     with tls_socket(name=name) as sock:
         cert = sock.getpeercert()
     issuer = dict(x[0] for x in cert["issuer"])
-    assert issuer["commonName"] == "webinfra-testbed CA"
+    assert issuer["commonName"] == "webinfra-testbed site CA"
+
+
+FORGED_PORT = 4433
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "trusted"),
+    [
+        ("www.example.org", "127.0.0.1", False),  # another site's name
+        (TOPOLOGY.site.name, "203.0.113.7", False),  # the site's name, another address
+        (TOPOLOGY.site.name, "127.0.0.1", True),  # the control: the same setup, allowed names
+    ],
+)
+def test_the_site_ca_users_trust_cannot_vouch_for_another_site(
+    machines: dict[str, testinfra.host.Host], name: str, address: str, trusted: bool
+) -> None:
+    """README tells users to trust the site CA system-wide. Even signed with its key (a
+    thief's), a certificate for another name fails in curl: OpenSSL enforces the CA's name
+    constraints. The server is `openssl s_server` on the client machine's loopback."""
+    client = machines[CLIENT]
+    authority = site_authority(TOPOLOGY)  # the deployed one: the topology's constraints
+    forged = testkit.forged_certificate(authority, name, address)
+    files = {"/tmp/site-ca.crt": authority.cert_pem, "/tmp/forged.pem": forged.bundle}
+    for path, data in files.items():
+        client.check_output(f"umask 077 && printf %s {shlex.quote(data.decode())} > {path}")
+    server = (
+        f"timeout 20 openssl s_server -quiet -www -accept 127.0.0.1:{FORGED_PORT} "
+        "-cert /tmp/forged.pem >/dev/null 2>&1 &"
+    )
+    client.check_output(server)
+    try:
+        got = client.run(
+            "for i in $(seq 50); do "
+            f"  out=$(curl -sS --max-time 5 --cacert /tmp/site-ca.crt "
+            f"        --resolve {name}:{FORGED_PORT}:127.0.0.1 https://{name}:{FORGED_PORT}/ 2>&1)"
+            "  && { echo OK; exit 0; };"
+            '  case "$out" in *"Connection refused"*) sleep 0.1;; *) echo "$out"; exit 1;; esac; '
+            "done; echo 'no server'; exit 2"
+        )
+    finally:
+        client.run(f"pkill -f 'openssl s_server.*:{FORGED_PORT}'; rm -f /tmp/forged.pem")
+    if trusted:
+        assert got.rc == 0, got.stdout
+    else:
+        assert got.rc == 1 and "permitted subtree violation" in got.stdout, got.stdout
 
 
 def test_the_site_certificate_lives_at_most_90_days() -> None:
@@ -198,7 +244,7 @@ def test_the_client_reaches_the_site_over_the_public_network_with_the_ca(
     machines: dict[str, testinfra.host.Host],
 ) -> None:
     client = machines[CLIENT]
-    pem = secrets.ca().cert_pem.decode()
+    pem = secrets.site_ca_cert_path().read_text()
     client.check_output(f"printf %s {shlex.quote(pem)} > /tmp/testbed-ca.crt")
     out = client.check_output(f"curl -s --cacert /tmp/testbed-ca.crt https://{SITE}/")
     assert "Served by" in out

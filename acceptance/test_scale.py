@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from acceptance.conftest import TOPOLOGY
-from provision import STATE_DIR, dbcluster, inventory, topology
+from provision import dbcluster, inventory, secrets, topology
 from provision.drills.workload import Workload
 from provision.engine import Remote
 from provision.ops.scale import counted_members
@@ -61,7 +61,7 @@ def test_scaling_the_web_tier_out_and_in_under_load_fails_no_request(tmp_path: P
     n = len(members)
     new = f"{TIER}{n + 1}"
     site = inventory.site_entry(TOPOLOGY, None).url()
-    load = Workload(tmp_path, site, 10, 2.0, 900, STATE_DIR / "secrets" / "ca.crt")
+    load = Workload(tmp_path, site, 10, 2.0, 900, secrets.site_ca_cert_path())
     marks: dict[str, float] = {}
     load.start()
     try:

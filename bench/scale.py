@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision import PROJECT_ROOT, STATE_DIR, inventory, topology
+from provision import PROJECT_ROOT, inventory, secrets, topology
 from provision.drills.workload import Workload
 from provision.ops.scale import counted_members
 from provision.testkit import fab
@@ -52,7 +52,7 @@ def one(topo: topology.Topology, folder: Path) -> Run:
     n = len(counted_members(topo, TIER))
     run = Run(new=f"{TIER}{n + 1}")
     site = inventory.site_entry(topo, None).url()
-    load = Workload(folder, site, 10, 2.0, 900, STATE_DIR / "secrets" / "ca.crt")
+    load = Workload(folder, site, 10, 2.0, 900, secrets.site_ca_cert_path())
     load.start()
     try:
         run.marks["start"] = time.time()

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provision import PROJECT_ROOT, STATE_DIR, inventory, topology
+from provision import PROJECT_ROOT, inventory, secrets, topology
 
 DOC = PROJECT_ROOT / "docs" / "throughput.md"
 DATA = PROJECT_ROOT / "docs" / "throughput.json"
@@ -38,7 +38,7 @@ def one_run(url: str, users: int, seconds: int) -> dict[str, float]:
         env = dict(
             os.environ,
             LOAD_RATE="1000",
-            TESTBED_CA=str(STATE_DIR / "secrets" / "ca.crt"),
+            TESTBED_CA=str(secrets.site_ca_cert_path()),
             LOCUST_MAX_FAILURE_RATIO="1",
             LOCUST_MAX_P95_MS="1000000",
         )

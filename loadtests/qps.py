@@ -9,7 +9,7 @@ total requests/s = users x LOAD_RATE:
 
 Environment variables:
 
-* TESTBED_CA: CA certificate to trust (default: <repo>/.testbed/secrets/ca.crt). Nothing
+* TESTBED_CA: CA certificate to trust (default: <repo>/.testbed/secrets/site-ca.crt). Nothing
   else is trusted, and the server's certificate must match the target address.
 * LOAD_RATE: fixed rate in requests per second *per user* (constant_throughput); unset
   means think time between(0.5, 2).
@@ -54,7 +54,7 @@ from locust.runners import WorkerRunner
 log = logging.getLogger("qps")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CA = REPO_ROOT / ".testbed" / "secrets" / "ca.crt"
+DEFAULT_CA = REPO_ROOT / ".testbed" / "secrets" / "site-ca.crt"
 DEFAULT_HOST = "https://127.0.0.1:8443"
 
 # Where load may be aimed: this machine, or the testbed's own host-only networks.

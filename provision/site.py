@@ -11,13 +11,31 @@ BALANCER_CLIENT = "lb-client"
 """The name in the balancers' client certificate; the web servers accept no other (mTLS)."""
 
 
+LOOPBACK = "127.0.0.1"
+"""The host's forwarded ports reach the site on the loopback address."""
+
+
+def authority(topology: Topology) -> secrets.KeyPair:
+    """The site CA, constrained to the site's names, the topology's networks and the
+    loopback address: the one CA users trust, which can vouch for nothing else."""
+    networks = [str(n.cidr) for n in topology.networks.values()] + [f"{LOOPBACK}/32"]
+    return secrets.site_ca(topology.site.names, networks)
+
+
 def site_certificate(topology: Topology, renew: bool = False) -> secrets.KeyPair:
-    """The certificate for the site's names, the load balancers' addresses and 127.0.0.1."""
+    """The certificate for the site's names, the load balancers' addresses and 127.0.0.1,
+    signed by the site CA."""
     ips = sorted(
         {str(a) for lb in topology.with_role("lb") for a in lb.addresses.values()}
         | {str(v.address) for v in topology.vips.values() if v.role == "lb"}
     )
-    return secrets.leaf("site", list(topology.site.names), [*ips, "127.0.0.1"], renew=renew)
+    return secrets.leaf(
+        "site",
+        list(topology.site.names),
+        [*ips, LOOPBACK],
+        renew=renew,
+        authority=authority(topology),
+    )
 
 
 def accepted_hosts(topology: Topology, lb: Host) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
 import socket
@@ -82,8 +83,8 @@ class Reply:
 
 
 def tls_context(**settings: object) -> ssl.SSLContext:
-    """A client context that trusts the testbed CA only; `settings` set its attributes."""
-    ctx = ssl.create_default_context(cafile=str(secrets.ca_cert_path()))
+    """A client context that trusts the site CA only; `settings` set its attributes."""
+    ctx = ssl.create_default_context(cafile=str(secrets.site_ca_cert_path()))
     for key, value in settings.items():
         setattr(ctx, key, value)
     return ctx
@@ -309,14 +310,14 @@ def ensure_browser() -> None:
 
 def nss_trusting_the_ca(home: Path) -> Path:
     """An NSS database under `home`/.pki/nssdb (where Chromium looks for it) that trusts the
-    testbed CA for websites, made with certutil: the browser trusts the site the way a
+    site CA for websites, made with certutil: the browser trusts the site the way a
     user who imported the CA would, with no flag that ignores certificate errors."""
     nssdb = home / ".pki" / "nssdb"
     nssdb.mkdir(parents=True, exist_ok=True)
     db = f"sql:{nssdb}"
     for args in (
         ["-N", "--empty-password"],
-        ["-A", "-t", "C,,", "-n", "webinfra-testbed CA", "-i", str(secrets.ca_cert_path())],
+        ["-A", "-t", "C,,", "-n", secrets.SITE_CA_NAME, "-i", str(secrets.site_ca_cert_path())],
     ):
         res = subprocess.run(
             ["certutil", "-d", db, *args], capture_output=True, text=True, check=False
@@ -395,3 +396,44 @@ def prometheus_get(topo: Topology, path: str, timeout: float = 10) -> bytes:
         return body
     finally:
         conn.close()
+
+
+def forged_certificate(authority: secrets.KeyPair, dns: str, ip: str) -> secrets.KeyPair:
+    """A server certificate for any name and address, signed with the CA's key directly (as
+    a thief of the key would), bypassing secrets.leaf's own check of the CA's constraints:
+    what the name-constraint tests present to OpenSSL and curl."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = serialization.load_pem_private_key(authority.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]))
+        .issuer_name(authority.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(dns), x509.IPAddress(ipaddress.ip_address(ip))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return secrets.KeyPair(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        cert.public_bytes(serialization.Encoding.PEM),
+    )

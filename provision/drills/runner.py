@@ -37,7 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from provision import STATE_DIR, dbcluster
+from provision import STATE_DIR, dbcluster, secrets
 from provision.dbcluster import NodeState
 from provision.drills import nemesis
 from provision.drills.nemesis import DrillError, Machines, Target
@@ -480,9 +480,9 @@ def _preflight(
         + (f", with {', '.join(side)} on its side" if side else "")
         + (f", peers {', '.join(peers)}" if peers else "")
     )
-    ca = STATE_DIR / "secrets" / "ca.crt"
+    ca = secrets.site_ca_cert_path()
     if not ca.is_file():
-        raise DrillError(f"preflight: no testbed CA at {ca}: run `fab deploy` first")
+        raise DrillError(f"preflight: no site CA at {ca}: run `fab deploy` first")
     now = datetime.now(UTC)
     folder = DRILLS_DIR / folder_name(now, fault, target.host)
     info: dict[str, Any] = {
@@ -551,9 +551,7 @@ def _execute(
         raise DrillError(f"preflight: {exc}") from None
     run_time = warmup + duration + SETTLE_MAX + settle + 120
     run_time += {"stop": 1200, "deploy": 1800}.get(drill.fault, 0)
-    workload = Workload(
-        drill.folder, site, users, rate, int(run_time), STATE_DIR / "secrets" / "ca.crt"
-    )
+    workload = Workload(drill.folder, site, users, rate, int(run_time), secrets.site_ca_cert_path())
     drill.info["prefix"] = workload.prefix
     drill.info["site"] = site
     drill.write_info()

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from provision import (
     PROJECT_ROOT,
-    STATE_DIR,
     engine,
     inventory,
     layout,
@@ -105,9 +104,9 @@ def endpoint_lines(topo: topology.Topology, inventory_file: str | None = None) -
         lines.append(
             "  SSH:            vagrant ssh <host>   (hosts: " + ", ".join(topo.hosts) + ")"
         )
-    ca = STATE_DIR / "secrets" / "ca.crt"
+    ca = secrets.site_ca_cert_path()
     if ca.exists():
-        lines.append(f"  Testbed CA:     {ca}")
+        lines.append(f"  Site CA:        {ca}   (trust it for the site; `fab ca`)")
     return lines
 
 
@@ -124,6 +123,7 @@ def prometheus_lines(topo: topology.Topology, where: str) -> list[str]:
         )
         lines.append(
             f"                  user {monitoring.OPERATOR_USER}, password in "
-            f"{os.path.relpath(secret, PROJECT_ROOT)}; the testbed CA: `fab ca`"
+            f"{os.path.relpath(secret, PROJECT_ROOT)}; its certificate is from the internal "
+            f"CA, {os.path.relpath(secrets.SECRETS_DIR / 'ca.crt', PROJECT_ROOT)}"
         )
     return lines
