@@ -85,6 +85,7 @@ NET_SYSCTLS = {
     "net.ipv4.conf.all.accept_source_route": "0",
     "net.ipv4.conf.default.accept_source_route": "0",
     "net.ipv4.conf.all.log_martians": "1",
+    "net.ipv4.conf.default.log_martians": "1",
     "net.ipv4.icmp_echo_ignore_broadcasts": "1",
     "net.ipv4.tcp_syncookies": "1",
     "net.ipv6.conf.all.accept_redirects": "0",
@@ -92,4 +93,8 @@ NET_SYSCTLS = {
     "net.ipv6.conf.all.disable_ipv6": "0",
     "net.ipv6.conf.default.disable_ipv6": "0",
 }
+# Not here: net.ipv4.conf.*.forwarding = 0. Writing it resets accept_redirects (the
+# kernel's inet_forward_change), docker applies --sysctl values in no fixed order and a
+# container cannot write them afterwards, so half the machines came up accepting
+# redirects. No machine routes anyway: every firewall's FORWARD policy is DROP.
 SYSCTL_FILE = "/etc/sysctl.d/60-webinfra-testbed.conf"

@@ -13,6 +13,7 @@ from provision.engine import (
     reload_handler,
     render,
 )
+from provision.roles.common import hardening
 from provision.topology import Host, Topology
 
 BASE_PACKAGES = ("ca-certificates", "curl", "netcat-openbsd", "procps", "tzdata", "less")
@@ -81,6 +82,7 @@ def steps(ctx: HostContext) -> list[Step]:
             name="Ensure sshd is hardened (keys only, no root login).",
         ),
         Service("ssh", name="Ensure sshd is enabled and running."),
+        *hardening.steps(),
         File("/etc/timezone", f"{TIMEZONE}\n", name="Ensure /etc/timezone says UTC."),
         Command(
             "Ensure the time zone is UTC.",

@@ -61,9 +61,16 @@ def steps(ctx: HostContext) -> list[Step]:
         Command(
             "Ensure the kernel's network settings are live.",
             check=live,
-            run=f"sysctl -q -p {layout.SYSCTL_FILE} || {{ echo 'cannot set them here "
-            "(/proc/sys is read-only: a docker machine gets them when it is created; "
-            "recreate it: ./testbed destroy && ./testbed up)' >&2; exit 1; }",
+            # In order, only those that differ: docker sets its --sysctl values in no fixed
+            # order, and some keys are read-only inside a container.
+            run='bad=""; '
+            + "".join(
+                f'[ "$(sysctl -n {k})" = {v} ] || sysctl -q -w {k}={v} || bad="$bad {k}"; '
+                for k, v in layout.NET_SYSCTLS.items()
+            )
+            + '[ -z "$bad" ] || { echo "cannot set$bad here (/proc/sys is read-only: a docker '
+            "machine gets them when it is created; recreate it: ./testbed destroy && "
+            './testbed up)" >&2; exit 1; }',
         ),
         Packages(
             ("iptables", "iptables-persistent", "netfilter-persistent", "ulogd2"),

@@ -61,6 +61,15 @@ STUCK_QUERY = (
 FRESH = 1.0
 READ_GRACE = 3.0
 """Seconds a replica that applied stays readable while its polls time out (/read)."""
+WRITE_GRACE = 2.0
+"""Seconds the primary stays writable (GET /) while its polls time out, when its last
+answer showed it writable and it still holds its lease and no fence. A busy machine (a
+deploy and a container removed at once, on a 2-core host) made one poll time out on every
+database node at the same moment: the writer endpoints, `fall 1` with
+`on-marked-down shutdown-sessions`, cut the primary's sessions and one commit failed.
+2 s is one timed-out poll (1 s budget, then 0.5 s of back-off) and no more: a paused
+server is still reported within about 2.5 s, and the lease and the fence, which make
+failover safe, do not depend on this answer."""
 
 
 def backoff(timeouts):
@@ -147,6 +156,8 @@ class Agent:
         self.next_poll = 0.0
         self.applying_at = 0.0
         """When a poll last showed this node a replica that applies (for /read)."""
+        self.writable_at = 0.0
+        """When a poll last showed this node a writable primary (for /)."""
         self.poll_lock = threading.Lock()
         """One poll at a time: a lease request waits for the running poll, rather than
         counting it as stuck (STUCK_QUERY) and backing off."""
@@ -189,6 +200,9 @@ class Agent:
             self.next_poll = 0.0
             if state.get("replicating_from") and state.get("sql_running") == "Yes":
                 self.applying_at = started
+            primary = state.get("mariadb") == "up" and not state.get("replicating_from")
+            if primary and state.get("read_only") is False:
+                self.writable_at = started
         return state
 
     def stuck_polls(self):
@@ -248,6 +262,11 @@ class Agent:
 
     def writable(self):
         state = self.snapshot()
+        slow = (
+            state["mariadb"] == "unresponsive" and time.monotonic() - self.writable_at < WRITE_GRACE
+        )
+        if slow:  # one slow poll: its last answer stands (see WRITE_GRACE)
+            state = dict(state, mariadb="up", replicating_from="", read_only=False)
         if state["mariadb"] != "up":
             return False, state["mariadb"]
         if state["replicating_from"]:
@@ -258,7 +277,7 @@ class Agent:
             return False, f"fenced ({self.fence_reason})"
         if not self.holds_lease(time.monotonic()):
             return False, "no lease"
-        return True, "writable"
+        return True, "writable (a poll was slow)" if slow else "writable"
 
     def grant(self, epoch, seconds):
         with self.lock:

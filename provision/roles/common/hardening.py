@@ -1,0 +1,87 @@
+"""Host hardening on every machine, beyond sshd and the firewall: what lynis measures that a
+host of this kind should have (docs/security.md, "Hosts"; figures in docs/lynis.md).
+
+Each file is small and says why; nothing here changes how a service runs. Left out on
+purpose, with the reason in docs/security.md: a login umask of 027 (the deploy runs as
+a login session through sudo and would make configuration unreadable to the services'
+own users), a file-integrity database and a malware scanner (a baseline nobody reviews
+proves nothing, and building one costs minutes of CPU per host), automatic upgrades (a
+testbed that proves behaviour must not restart its own services at random).
+"""
+
+from __future__ import annotations
+
+from provision.engine import Command, File, Packages, Step
+
+BANNER = (
+    "Authorized access only. This system belongs to the webinfra-testbed; all activity\n"
+    "on it is monitored and recorded. Unauthorized use is prohibited and may be reported\n"
+    "to law enforcement and prosecuted. By logging in you consent to this monitoring.\n"
+)
+PACKAGES = ("libpam-pwquality", "debsums")
+"""Password strength for any local password (the accounts log in with keys; a password
+set by hand later must still be strong), and a checker of installed files against their
+packages' checksums (`debsums -s`, for an operator who suspects tampering)."""
+
+CORE_DUMPS = {
+    "/etc/security/limits.d/60-webinfra-testbed.conf": "* hard core 0\n",
+    "/etc/systemd/coredump.conf.d/60-webinfra-testbed.conf": (
+        "[Coredump]\nStorage=none\nProcessSizeMax=0\n"
+    ),
+}
+"""No core dumps: a crashed server's memory (TLS keys, passwords, rows) never lands on disk."""
+
+PROFILE = "/etc/profile.d/60-webinfra-testbed.sh"
+PROFILE_TEXT = (
+    "# An idle interactive shell closes after 15 minutes; no core dumps from a login shell.\n"
+    "TMOUT=900\nreadonly TMOUT\nexport TMOUT\nulimit -c 0\n"
+)
+
+MODPROBE = "/etc/modprobe.d/60-webinfra-testbed.conf"
+MODULES = ("usb-storage", "firewire-core", "firewire-ohci", "dccp", "sctp", "rds", "tipc")
+"""USB and FireWire storage (data carried off a server) and network protocols nothing here
+speaks (dccp, sctp, rds, tipc: kernel code reachable from the network for no use). Inside
+a container the host's kernel decides; on a VM these files take effect."""
+
+LOGIN_DEFS = {
+    "PASS_MAX_DAYS": "365",
+    "PASS_MIN_DAYS": "1",
+    "SHA_CRYPT_MIN_ROUNDS": "65536",
+    "SHA_CRYPT_MAX_ROUNDS": "65536",
+}
+"""For passwords set later by hand: they age, and are hashed slowly."""
+
+
+def _login_defs() -> Command:
+    check = " && ".join(f"grep -qx '{k} {v}' /etc/login.defs" for k, v in LOGIN_DEFS.items())
+    edits = " ".join(f"-e '/^{k}[[:space:]]/d'" for k in LOGIN_DEFS)
+    lines = "".join(f"{k} {v}\\n" for k, v in LOGIN_DEFS.items())
+    return Command(
+        "Ensure /etc/login.defs ages and slowly hashes any password set by hand.",
+        check=check,
+        run=f"sed -i {edits} /etc/login.defs && printf '{lines}' >> /etc/login.defs",
+    )
+
+
+def steps() -> list[Step]:
+    modprobe = "".join(f"install {m} /bin/false\nblacklist {m}\n" for m in MODULES)
+    return [
+        Packages(PACKAGES, name="Ensure password-quality and package-checksum tools are here."),
+        File("/etc/issue", BANNER, name="Ensure the console shows the legal banner."),
+        File("/etc/issue.net", BANNER, name="Ensure the network login banner is set."),
+        *(
+            File(
+                path,
+                "# Managed by webinfra-testbed: no core dumps.\n" + text,
+                name=f"Ensure no core dumps ({path}).",
+            )  # fmt: skip
+            for path, text in CORE_DUMPS.items()
+        ),
+        File(PROFILE, PROFILE_TEXT, name="Ensure idle shells time out."),
+        File(
+            MODPROBE,
+            "# Managed by webinfra-testbed: modules this host never needs.\n" + modprobe,
+            name="Ensure storage and unused protocol modules cannot load.",
+        ),
+        _login_defs(),
+    ]
