@@ -29,7 +29,6 @@ EFFECTIVE = {
     "allowstreamlocalforwarding": "no",
     "permittunnel": "no",
     # lynis's SSH-7408 profile, where it costs nothing (docs/security.md, "Hosts")
-    "maxsessions": "4",
     "clientalivecountmax": "2",
     "tcpkeepalive": "no",
     "compression": "no",

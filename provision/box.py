@@ -54,7 +54,10 @@ def _say(message: str) -> None:
 
 
 def rootfs_recipe() -> str:
-    return f"debootstrap --variant=minbase --include={','.join(PACKAGES)} {SUITE}"
+    return (
+        f"debootstrap --variant=minbase --include={','.join(PACKAGES)} {SUITE}"
+        " + security suite, upgraded"
+    )
 
 
 def recipe_files() -> list[Path]:
@@ -80,41 +83,54 @@ def image_tag() -> str:
     return f"{IMAGE_REPO}:{_digest(*parts)}"
 
 
-def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
-    """The Debian mirror this machine's apt already uses (never a hard-coded host)."""
-    candidates: list[str] = []
+def apt_sources(sources_dir: Path = Path("/etc/apt")) -> list[tuple[str, str]]:
+    """(URI, suite) of every `deb` source in apt's sources: deb822 `.sources` files, then
+    one-line `sources.list` and `.list` files, in apt's order."""
+    found: list[tuple[str, str]] = []
     for path in sorted((sources_dir / "sources.list.d").glob("*.sources")):
-        uris: list[str] = []
-        suites: list[str] = []
-        for line in path.read_text().splitlines():
-            if line.startswith("URIs:"):
-                uris = line.split()[1:]
-            elif line.startswith("Suites:"):
-                suites = line.split()[1:]
-            elif not line.strip() and uris:
-                if any(s in (SUITE, "stable") for s in suites):
-                    candidates += uris
-                uris, suites = [], []
-        if uris and any(s in (SUITE, "stable") for s in suites):
-            candidates += uris
+        stanzas = re.split(r"\n\s*\n", path.read_text())
+        for stanza in stanzas:
+            fields: dict[str, list[str]] = {}
+            for line in stanza.splitlines():
+                key, sep, value = line.partition(":")
+                if sep and not line.startswith((" ", "\t", "#")):
+                    fields[key.strip()] = value.split()
+            enabled = fields.get("Enabled", ["yes"])[0].lower() != "no"
+            if enabled and "deb" in fields.get("Types", ["deb"]):
+                found += [(u, s) for u in fields.get("URIs", []) for s in fields.get("Suites", [])]
     lists = [sources_dir / "sources.list", *sorted((sources_dir / "sources.list.d").glob("*.list"))]
     for path in lists:
         if not path.exists():
             continue
         for line in path.read_text().splitlines():
             # Drop the "[opt=a opt=b]" block, which may hold spaces, before splitting.
-            fields = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
-            if len(fields) >= 3 and fields[0] == "deb":
-                rest = fields[1:]
-                if len(rest) >= 2 and rest[1] in (SUITE, "stable"):
-                    candidates.append(rest[0])
-    candidates = [c for c in candidates if not c.rstrip("/").endswith("-security")]
+            fields_ = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+            if len(fields_) >= 3 and fields_[0] == "deb":
+                found.append((fields_[1], fields_[2]))
+    return found
+
+
+def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's apt already uses (never a hard-coded host)."""
+    candidates = [
+        uri
+        for uri, suite in apt_sources(sources_dir)
+        if suite in (SUITE, "stable") and not uri.rstrip("/").endswith("-security")
+    ]
     if not candidates:
         raise BoxError(
             f"no Debian {SUITE} mirror found in {sources_dir}/sources.list(.d); "
             "add one to apt's sources (debootstrap reads the same mirror)"
         )
     return candidates[0]
+
+
+def security_mirror(sources_dir: Path = Path("/etc/apt")) -> str | None:
+    """Where this machine's apt gets Debian's security updates for SUITE, if it does."""
+    for uri, suite in apt_sources(sources_dir):
+        if suite == f"{SUITE}-security":
+            return uri
+    return None
 
 
 def vagrant_public_key() -> Path:
@@ -154,6 +170,7 @@ def build_rootfs(tag: str) -> None:
         if rc != 0:
             tail = "\n".join(log.read_text().splitlines()[-15:])
             raise BoxError(f"debootstrap failed (exit {rc}):\n{tail}")
+        add_security_updates(target, security_mirror())
         # Trim what a server image does not need; keeps the import small.
         for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for p in (target / sub).glob("*"):
@@ -167,6 +184,27 @@ def build_rootfs(tag: str) -> None:
         tar.wait()
         if tar.returncode != 0 or imp.returncode != 0:
             raise BoxError(f"docker import failed: {imp.stderr.strip()}")
+
+
+def add_security_updates(target: Path, security: str | None) -> None:
+    """Give the root file system the security suite this machine's apt uses, and install
+    its updates: every machine starts patched, and each deploy's installs get the patched
+    packages (lynis PKGS-7388). Without one in this machine's sources, the box goes
+    without, and says so."""
+    if security is None:
+        _say(f"no {SUITE}-security source in this machine's apt sources: the box has none.")
+        return
+    with (target / "etc/apt/sources.list").open("a") as out:
+        out.write(f"deb {security} {SUITE}-security main\n")
+    _say(f"installing {SUITE}-security updates into the root file system...")
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    for args in (["apt-get", "update", "-q"], ["apt-get", "upgrade", "-y", "-q"]):
+        res = subprocess.run(
+            ["chroot", str(target), *args], capture_output=True, text=True, env=env, check=False
+        )
+        if res.returncode != 0:
+            tail = "\n".join((res.stdout + res.stderr).splitlines()[-10:])
+            raise BoxError(f"{' '.join(args)} in the root file system failed:\n{tail}")
 
 
 def build(force: bool = False) -> str:

@@ -128,3 +128,35 @@ def test_image_tag_ends_in_a_short_hex_digest() -> None:
 
 def test_rootfs_tag_names_the_rootfs_repository() -> None:
     assert box.rootfs_tag().startswith("webinfra-testbed/rootfs:")
+
+
+# --------------------------------------------------------------------------- security suite
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda d: deb822(d, MAIN_STANZA + "\n" + SECURITY_STANZA), id="deb822"),
+        pytest.param(
+            lambda d: one_line(
+                d, f"deb {MIRROR} bookworm main\ndeb {SECURITY} bookworm-security main\n"
+            ),
+            id="one-line",
+        ),
+    ],
+)
+def test_the_security_suite_is_read_from_apt_sources(
+    tmp_path: Path, make: Callable[[Path], object]
+) -> None:
+    make(tmp_path)
+    assert box.security_mirror(tmp_path) == SECURITY
+    assert debian_mirror(tmp_path) == MIRROR
+
+
+def test_no_security_suite_reads_as_none(tmp_path: Path) -> None:
+    assert box.security_mirror(deb822(tmp_path, MAIN_STANZA)) is None
+
+
+def test_a_disabled_deb822_stanza_type_is_not_a_source(tmp_path: Path) -> None:
+    text = MAIN_STANZA + "\n" + SECURITY_STANZA.replace("Types: deb", "Types: deb-src")
+    assert box.security_mirror(deb822(tmp_path, text)) is None

@@ -148,7 +148,9 @@ class Remote:
         `stdin` travels as a private temporary file (mode 0600), never in the command line,
         so secrets in it do not show in `ps`; it is removed after the command.
         """
-        script = command
+        # A fixed umask: what the deploy creates never depends on the login's (a hardened
+        # server's login.defs may say 027, which would hide configs from service users).
+        script = f"umask 022; {command}"
         if stdin is not None:
             tmp = shlex.quote(self.put_bytes(stdin.encode()))
             script = f"( {command} ) < {tmp}; rc=$?; rm -f {tmp}; exit $rc"

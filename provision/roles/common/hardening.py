@@ -1,10 +1,10 @@
 """Host hardening on every machine, beyond sshd and the firewall: what lynis measures that a
 host of this kind should have (docs/security.md, "Hosts"; figures in docs/lynis.md).
 
-Each file is small and says why; nothing here changes how a service runs. Left out on
-purpose, with the reason in docs/security.md: a login umask of 027 (the deploy runs as
-a login session through sudo and would make configuration unreadable to the services'
-own users), a file-integrity database and a malware scanner (a baseline nobody reviews
+Each file is small and says why; nothing here changes how a service runs (the deploy
+sets its own umask, so login.defs' 027 cannot hide its files from the services' users).
+Left out on purpose, with the reason in docs/security.md: a file-integrity database and
+a malware scanner (a baseline nobody reviews
 proves nothing, and building one costs minutes of CPU per host), automatic upgrades (a
 testbed that proves behaviour must not restart its own services at random).
 """
@@ -48,8 +48,10 @@ LOGIN_DEFS = {
     "PASS_MIN_DAYS": "1",
     "SHA_CRYPT_MIN_ROUNDS": "65536",
     "SHA_CRYPT_MAX_ROUNDS": "65536",
+    "UMASK": "027",
 }
-"""For passwords set later by hand: they age, and are hashed slowly."""
+"""For passwords set later by hand: they age, and are hashed slowly. New accounts' homes
+and login sessions (where pam_umask applies) keep their files from other users."""
 
 
 def _login_defs() -> Command:
@@ -57,7 +59,7 @@ def _login_defs() -> Command:
     edits = " ".join(f"-e '/^{k}[[:space:]]/d'" for k in LOGIN_DEFS)
     lines = "".join(f"{k} {v}\\n" for k, v in LOGIN_DEFS.items())
     return Command(
-        "Ensure /etc/login.defs ages and slowly hashes any password set by hand.",
+        "Ensure /etc/login.defs: passwords age and hash slowly, umask 027.",
         check=check,
         run=f"sed -i {edits} /etc/login.defs && printf '{lines}' >> /etc/login.defs",
     )

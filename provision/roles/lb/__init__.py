@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from provision import secrets, site, tls
 from provision.engine import (
     File,
+    Handler,
     HostContext,
     Packages,
     Role,
@@ -133,9 +134,41 @@ def steps(ctx: HostContext) -> list[Step]:
             notify=["reload haproxy"],
             name="Ensure haproxy.cfg terminates TLS and balances the web servers.",
         ),
+        File(
+            HAPROXY_DROPIN,
+            HAPROXY_DROPIN_TEXT,
+            notify=["daemon-reload"],
+            name="Ensure stopping HAProxy lets the requests in flight finish.",
+        ),
         Service("haproxy", name="Ensure HAProxy is enabled and running."),
         *keepalived_steps(ctx),
     ]
+
+
+HAPROXY_DROPIN = "/etc/systemd/system/haproxy.service.d/60-webinfra-testbed.conf"
+HAPROXY_DROPIN_TEXT = """\
+# Managed by webinfra-testbed (provision/roles/lb). A stop, such as the machine shutting
+# down, is HAProxy's soft stop (SIGUSR1 to the master): it stops listening, closes idle
+# keep-alive connections, answers the requests in flight with `Connection: close`, and
+# exits (at most `hard-stop-after` later). SIGTERM, the default, is a hard stop that
+# resets every request in flight: the failures the machine-stop drill counted
+# (docs/lb-failover.md).
+[Service]
+KillSignal=SIGUSR1
+"""
+KEEPALIVED_DROPIN = "/etc/systemd/system/keepalived.service.d/60-webinfra-testbed.conf"
+KEEPALIVED_DROPIN_TEXT = """\
+# Managed by webinfra-testbed (provision/roles/lb). Started before HAProxy, so stopped
+# after it (systemd stops units in the reverse order): when the machine shuts down, the
+# floating address stays here until HAProxy has finished the requests in flight, then
+# moves. New connections meanwhile find no listener and are held, not refused
+# (docs/firewall.md, restart_holds): the client's TCP retries them at the other balancer.
+[Unit]
+Before=haproxy.service
+"""
+DAEMON_RELOAD = Handler(
+    "daemon-reload", "Reload systemd (a unit's drop-in changed).", "systemctl daemon-reload"
+)
 
 
 KEEPALIVED_CONFIG = "/etc/keepalived/keepalived.conf"
@@ -188,8 +221,19 @@ def keepalived_steps(ctx: HostContext) -> list[Step]:
             notify=["restart keepalived"],
             name=f"Ensure keepalived shares {vip.address} with the other balancers.",
         ),
+        File(
+            KEEPALIVED_DROPIN,
+            KEEPALIVED_DROPIN_TEXT,
+            notify=["daemon-reload"],
+            name="Ensure keepalived stops after HAProxy when the machine shuts down.",
+        ),
         Service("keepalived", name="Ensure keepalived is enabled and running."),
     ]
 
 
-ROLE = Role("lb", "lb", steps, handlers=[reload_handler("haproxy"), restart_handler("keepalived")])
+ROLE = Role(
+    "lb",
+    "lb",
+    steps,
+    handlers=[DAEMON_RELOAD, reload_handler("haproxy"), restart_handler("keepalived")],
+)
