@@ -189,14 +189,15 @@ def vip_holder(endpoints: dict[str, Endpoint]) -> str:
     not TOPOLOGY.vips, reason=f"{TOPOLOGY.name} has one balancer and no floating address"
 )
 @pytest.mark.parametrize("fault", ["kill", "stop"])
-def test_a_balancer_fault_under_load_costs_at_most_one_percent_and_three_seconds(
+def test_a_balancer_fault_under_load_costs_little_and_at_most_three_seconds(
     endpoints: dict[str, Endpoint], fault: str
 ) -> None:
     """The floating address under Locust for about a minute: the balancer that holds it
     loses its haproxy (systemd restarts it) or its whole machine (the other takes the
-    address over). The checker holds the drill to the bound (3 s without a success, 1 % of
-    the requests failed: issue 11 asked 0.5 %; measured 0.09-0.66 %, docs/lb-failover.md)
-    and the write invariants."""
+    address over). The checker holds the drill to the bound (3 s without a success; of
+    the requests, 1 % failed when haproxy is killed (what it had in flight is lost) and
+    issue 11's 0.5 % when the machine stops cleanly (soft stop, the address moved last);
+    measured 0.09-0.95 % and 0 %, docs/lb-failover.md) and the write invariants."""
     holder = vip_holder(endpoints)
     folder, res = run_drill(
         fault, "--target", holder, "--duration", "20", "--warmup", "20", "--settle", "15"

@@ -38,9 +38,10 @@ The invariants, by their stable names:
     Only for a load-balancer drill (``expect.lb_fault``: its haproxy, machine or links),
     in place of the three "never fails" invariants above: a client's connection to the
     balancer that dies is cut, whatever the design, so the promise is a bound. At most
-    ``LB_MAX_FAILED_SHARE`` (1 %; issue 11 asked for 0.5 %, see the constant) of the
-    drill's requests fail, and no stretch from fault-start on is longer than
-    ``LB_MAX_GAP_S`` (3 s, issue 11's goal) without a successful request.
+    ``LB_MAX_FAILED_SHARE`` (1 %) of the drill's requests fail (0.5 %, issue 11's goal,
+    when the machine stops cleanly: ``LB_MAX_FAILED_SHARE_BY_FAULT``), and no stretch
+    from fault-start on is longer than ``LB_MAX_GAP_S`` (3 s, issue 11's goal) without
+    a successful request.
 
 So every drill is held to the first six, a web-tier drill to all seven, and a
 load-balancer drill to the four about writes and the bound.
@@ -87,13 +88,16 @@ from provision.drills.history import GET_KINDS, KINDS, History, Op, Sample
 
 BUCKET_SECONDS = 0.5
 LB_MAX_FAILED_SHARE = 0.01
-"""Issue 11 asked for 0.5 %. Measured under the drill's load (20 requests/s, about a
-minute): 1.1-1.5 % while a connection that found no listener (haproxy restarting, or the
-address moving) was refused; 0.09-0.19 % (haproxy killed) and 0.43-0.66 % (machine
-stopped), two runs each, once the balancers hold such a connection instead, so the
-client's TCP sends it again a second later (firewall.restart_holds). What still fails is
-what was in flight on the balancer that died. The bound sits near what is measured, so a
-regression shows; docs/lb-failover.md has the figures."""
+"""The bound for a balancer that dies abruptly (haproxy killed, links cut): what was in
+flight on it is lost, whatever the design. Measured under the drill's load (20 requests/s,
+about a minute), haproxy killed: 0.09 %, 0.19 %, 0.11 %, 0.23 % and once 0.95 % (nine
+requests in flight on a slow run); before the balancers held connections that found no
+listener (firewall.restart_holds), 1.1-1.5 %. docs/lb-failover.md has the figures."""
+LB_MAX_FAILED_SHARE_BY_FAULT = {"stop": 0.005}
+"""Issue 11's 0.5 %, for a machine that stops cleanly (`vagrant halt`, a shutdown):
+HAProxy soft-stops and keepalived keeps the address until the requests in flight are
+answered, so nothing need fail. Measured: 0 of 1,135 and 0 of 1,101 (before that design,
+0.43 % and 0.66 %)."""
 LB_MAX_GAP_S = 3.0
 MAX_DETAILS = 20
 MAX_NOTES = 50
@@ -467,10 +471,11 @@ def _front_door_bounded(c: _Context) -> InvariantResult:
     last = max((op.end for op in ops), default=start)
     marks = [start, *ends, last]
     gap = max((b - a for a, b in zip(marks, marks[1:], strict=False)), default=0.0)
-    ok = bool(ops) and share <= LB_MAX_FAILED_SHARE and gap <= LB_MAX_GAP_S
+    bound = LB_MAX_FAILED_SHARE_BY_FAULT.get(c.h.info.fault, LB_MAX_FAILED_SHARE)
+    ok = bool(ops) and share <= bound and gap <= LB_MAX_GAP_S
     evidence = (
         f"{len(failed)} of {len(ops)} requests failed ({share * 100:.2f} %, at most "
-        f"{LB_MAX_FAILED_SHARE * 100:g} %); longest stretch without a success from "
+        f"{bound * 100:g} %); longest stretch without a success from "
         f"fault-start: {gap:.2f} s (at most {LB_MAX_GAP_S:g} s)"
     )
     return _result("front_door_failover_bounded", ok, evidence, [c.describe(op) for op in failed])

@@ -153,7 +153,7 @@ class Remote:
         script = f"umask 022; {command}"
         if stdin is not None:
             tmp = shlex.quote(self.put_bytes(stdin.encode()))
-            script = f"( {command} ) < {tmp}; rc=$?; rm -f {tmp}; exit $rc"
+            script = f"( {script} ) < {tmp}; rc=$?; rm -f {tmp}; exit $rc"
         wrapped = script if self._root else f"sudo -n -- sh -c {shlex.quote(script)}"
         res = self.conn.run(wrapped, hide=True, warn=True, in_stream=False)
         result = CommandResult(res.exited, res.stdout, res.stderr)
