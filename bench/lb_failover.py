@@ -29,6 +29,8 @@ from provision.power import Power
 from provision.testkit import Site
 
 DOC = PROJECT_ROOT / "docs" / "lb-failover.md"
+REST_MARKER = "## Under Locust"
+"""The doc's sections from this heading on are not the bench's: a run keeps them."""
 PLOT = PROJECT_ROOT / "docs" / "lb-failover.png"
 CLIENTS = 4
 BEFORE, AFTER = 12.0, 18.0
@@ -172,6 +174,8 @@ def main() -> int:
             f"| {statistics.median(shares):.2f} (max {max(shares):.2f}) | {moved} of {len(mine)} "
             f"| {stayed} of {len(mine)} |"
         )
+    # What follows the plot (the drill runner's figures, written by hand) is kept.
+    rest = DOC.read_text().partition(REST_MARKER) if DOC.exists() else ("", "", "")
     DOC.write_text(
         f"""# Load-balancer failover (measured)
 
@@ -191,19 +195,23 @@ retransmission) as well as those that failed. The failed share is over the whole
 {BEFORE + AFTER:.0f} s run at the clients' full speed; over a 60 s run the same failures are a
 smaller share.
 
-- **haproxy-kill**: systemd restarts haproxy at once, before keepalived's check (every
-  second, one failure faults) sees it gone, so the address does not move: the gap is the
-  restart.
-- **haproxy-stop**: haproxy stays down; the holder faults within a second and tells its
-  peer (VRRPv3, priority 0), which takes the address and sends gratuitous ARPs.
-- **machine-stop**: the holder's keepalived stops with the machine and hands over the same
-  way; a machine that dies without stopping is replaced after three missed adverts
-  (1.5 s).
+- **haproxy-kill**: systemd restarts haproxy at once; when that is quicker than
+  keepalived's check (every second, one failure faults) the address stays, otherwise it
+  moves: either way the gap is about the restart, and what was in flight on the killed
+  process is lost.
+- **haproxy-stop**: HAProxy soft-stops (SIGUSR1: it answers what is in flight, closes idle
+  connections); keepalived keeps the address while it is stopping, then the holder
+  faults and tells its peer (VRRPv3, priority 0), which takes the address and sends
+  gratuitous ARPs. New connections meanwhile are held, not refused.
+- **machine-stop**: the machine shuts down the same way: HAProxy's soft stop first, then
+  keepalived (ordered after it), which hands the address over; a machine that dies
+  without stopping is replaced after three missed adverts (1.5 s).
 - **Coming back**: both balancers start as BACKUP with `nopreempt`, so a balancer that
   returns does not take the address back: one move per failure, not two.
 
 ![requests per quarter second around each fault (last run)](lb-failover.png)
 """
+        + (f"\n{rest[1]}{rest[2]}" if rest[1] else "")
     )
     print(f"wrote {DOC.relative_to(PROJECT_ROOT)} and {PLOT.relative_to(PROJECT_ROOT)}")
     return 0
