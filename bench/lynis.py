@@ -3,12 +3,17 @@ index and the findings left; write docs/lynis.md.
 
     TESTBED_TOPOLOGY=hardened .venv/bin/python -m bench.lynis [--inventory FILE]
 
-Each host, in parallel, over the deploy's own SSH (as root): `apt-get install lynis`
-(apt's fetcher is the one process the firewalls' egress rules let out), then
-`lynis audit system --quick --no-colors`; the report is read from
+Each host in turn (`--parallel N` for more at once), over the deploy's own SSH (as
+root): `apt-get install lynis` (apt's fetcher is the one process the firewalls' egress
+rules let out), then `lynis audit system --quick --no-colors`; the report is read from
 /var/log/lynis-report.dat (`hardening_index`, `warning[]`, `suggestion[]`). Lynis stays
 installed; it changes nothing else. One run per host: the index is deterministic for a
 given machine state.
+
+One at a time by default: lynis on all nine machines at once starved this 2-core host so
+much that the database nodes' polls timed out again and again, the failover controller
+promoted twice, and the cluster ended with every node fenced (safe, but down until an
+operator acts; docs/database.md).
 """
 
 from __future__ import annotations
@@ -100,11 +105,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inventory", default="", help="inventory file (default: Vagrant)")
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="hosts audited at once (default 1: see above)"
+    )
     args = parser.parse_args()
     topo = topology.load()
     endpoints = inventory.load(topo, args.inventory or None)
-    print(f"lynis on {len(topo.hosts)} hosts of {topo.name} (a few minutes)...", flush=True)
-    with ThreadPoolExecutor(max_workers=len(topo.hosts)) as pool:
+    print(
+        f"lynis on {len(topo.hosts)} hosts of {topo.name}, {args.parallel} at a time "
+        "(about a minute each)...",
+        flush=True,
+    )
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         audits = list(pool.map(lambda h: audit(h, endpoints[h.name]), topo))
     for a in audits:
         print(f"  {a.host:<10} {a.error or f'index {a.index}'}", flush=True)
