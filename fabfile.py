@@ -17,6 +17,7 @@ tasks. Every task exits the same way:
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from provision.inventory import InventoryError
 from provision.ops import db as dbops
 from provision.ops import deploy as deploy_ops
 from provision.ops import firewall_view, machines
+from provision.ops import logs as logs_ops
 from provision.ops import status as status_ops
 from provision.ops import tls as tls_ops
 from provision.ops.common import TaskError, endpoints, load
@@ -154,6 +156,40 @@ def inventory_(c: Context, topology: str = "", out: str = "") -> None:
 def firewall_show(c: Context, topology: str = "", inventory: str = "") -> None:
     """Print each host's live firewall as a matrix: which sources reach which ports."""
     firewall_view.show(topology, inventory)
+
+
+@task(
+    name="logs",
+    help={
+        "host": "only this host's logs (default: every host's)",
+        "unit": "only this program's lines: the syslog tag before [pid] and the colon, e.g. "
+        "nginx, haproxy, sshd, mariadbd, gunicorn, ulogd (the firewall's drops)",
+        "since": "how far back: 30s, 10m, 2h, 1d, an RFC 3339 time, or all "
+        f"(default {logs_ops.DEFAULT_SINCE})",
+        "grep": "only lines whose message matches this Python regular expression",
+        "topology": TOPOLOGY_HELP,
+        "inventory": INVENTORY_HELP,
+    },
+)
+@exits("logs")
+def logs_(
+    c: Context,
+    host: str = "",
+    unit: str = "",
+    since: str = logs_ops.DEFAULT_SINCE,
+    grep: str = "",
+    topology: str = "",
+    inventory: str = "",
+) -> None:
+    """Print every host's logs as the monitor keeps them (/var/log/remote), filtered.
+
+    Each line is prefixed by its host, oldest first: fab logs --host web1 --unit nginx
+    --since 2h --grep ' 5[0-9][0-9] '. Read over SSH from the monitor, where rsyslog
+    receives them over TLS from every host that shares a network with it
+    (docs/monitoring.md, "Central logs")."""
+    printed = logs_ops.logs(topology, inventory, host, unit, since, grep)
+    if not printed:
+        print("logs: no line matches.", file=sys.stderr)
 
 
 @task(help={"topology": TOPOLOGY_HELP})
@@ -336,5 +372,5 @@ firewall = Collection("firewall", firewall_show)
 dbns = Collection("db", db_status, db_switchover, db_failover, db_rejoin, db_backup, db_restore)
 tls = Collection("tls", tls_renew)
 ns = Collection(
-    deploy, status, endpoints_, inventory_, scale, destroy, ca, drill, firewall, tls, dbns
+    deploy, status, endpoints_, inventory_, scale, destroy, ca, logs_, drill, firewall, tls, dbns
 )

@@ -34,7 +34,12 @@ SEED_OPEN = {
     ("lb1", "monitor", MONITOR, 9090),
     ("web1", "monitor", MONITOR, 9090),
     ("web2", "monitor", MONITOR, 9090),
-    # ...which reads HAProxy's stats and metrics from the balancer (8404).
+    # Every host that shares a network with the monitor ships its logs to rsyslog there,
+    # over TLS (6514); the client shares none.
+    ("lb1", "monitor", MONITOR, 6514),
+    ("web1", "monitor", MONITOR, 6514),
+    ("web2", "monitor", MONITOR, 6514),
+    # The monitor reads HAProxy's stats and metrics from the balancer (8404).
     ("monitor", "lb1", LB1, 8404),
 }
 """(source, destination, address, port) that must connect; every other probe must not."""

@@ -1,11 +1,12 @@
-"""What the monitoring reads from the topology: which exporters each host runs, and where
-its agent pushes. Pure logic, shared by the agent and monitor roles and the tests."""
+"""What the monitoring reads from the topology: which exporters each host runs, where its
+agent pushes, and where its logs go. Pure logic, shared by the agent, monitor and logs
+roles, `fab logs` and the tests."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provision import layout
+from provision import layout, secrets
 from provision.topology import Host, Topology
 
 SCRAPE_INTERVAL = "5s"
@@ -72,8 +73,53 @@ def password_secret(user: str) -> str:
     return f"prometheus-{user}"
 
 
+def server_certificate(topology: Topology, host: Host) -> secrets.KeyPair:
+    """The monitor's certificate from the internal CA: its name (the agents' server_name,
+    the log senders' permitted peer), every address it has, and loopback (the operator's
+    forwarded port). Shared by Prometheus (monitor role) and rsyslog (logs role)."""
+    ips = [str(a) for a in host.addresses.values()] + ["127.0.0.1"]
+    return secrets.leaf("monitor-prometheus", [host.name, "localhost"], ips)
+
+
 def remote_write_url(topology: Topology, host: Host) -> str:
     mon = monitor_host(topology)
     assert mon is not None
     port = topology.port("prometheus")
     return f"{scheme(topology)}://{topology.address_for(host, mon)}:{port}/api/v1/write"
+
+
+# --------------------------------------------------------------------------- central logs
+
+LOG_DIR = "/var/log/remote"
+"""On the monitor: one file per host, <host>.log, its own included (the logs role)."""
+SYSLOG_TLS_DIR = "/etc/rsyslog-tls"
+SYSLOG_CA_FILE = f"{SYSLOG_TLS_DIR}/ca.crt"
+SYSLOG_CERT_FILE = f"{SYSLOG_TLS_DIR}/host.crt"
+"""A sender's client certificate, or the monitor's server certificate."""
+SYSLOG_KEY_FILE = f"{SYSLOG_TLS_DIR}/host.key"
+SYSLOG_CONFIG = "/etc/rsyslog.d/60-webinfra-testbed.conf"
+
+
+def log_senders(topology: Topology) -> list[Host]:
+    """Hosts that ship their logs to the monitor: every host sharing a network with it
+    (the outside client shares none), the monitor itself not (it writes its own)."""
+    mon = monitor_host(topology)
+    return [h for h in reporting_hosts(topology) if h is not mon]
+
+
+def log_file(host_name: str) -> str:
+    """Where the monitor keeps a host's logs."""
+    return f"{LOG_DIR}/{host_name}.log"
+
+
+def syslog_target(topology: Topology, host: Host) -> str:
+    """The monitor's address `host` ships its logs to (on a network they share)."""
+    mon = monitor_host(topology)
+    assert mon is not None
+    return str(topology.address_for(host, mon))
+
+
+def syslog_listen_addresses(topology: Topology) -> list[str]:
+    """The monitor's addresses its senders reach it at (its private one): rsyslog listens
+    there only, never on the management interface."""
+    return sorted({syslog_target(topology, h) for h in log_senders(topology)})

@@ -7,7 +7,7 @@ list of steps that host needs, and the handlers those steps may notify.
 from __future__ import annotations
 
 from provision.engine import Role
-from provision.roles import agent, app, common, db, dbwatch, firewall, lb, monitor, web
+from provision.roles import agent, app, common, db, dbwatch, firewall, lb, logs, monitor, web
 
 ALL_ROLES: tuple[Role, ...] = (
     common.ROLE,
@@ -20,5 +20,6 @@ ALL_ROLES: tuple[Role, ...] = (
     dbwatch.ROLE,
     monitor.ROLE,
     agent.ROLE,
+    logs.ROLE,
 )
 """Every role the deploy runs, each tagged with the tier it belongs to."""

@@ -35,10 +35,8 @@ def _default(args: str) -> str:
 
 
 def certificate(topo: Topology, host: Host) -> secrets.KeyPair:
-    """The monitor's certificate: its name (the agents' server_name), every address it has,
-    and loopback (the operator's forwarded port)."""
-    ips = [str(a) for a in host.addresses.values()] + ["127.0.0.1"]
-    return secrets.leaf("monitor-prometheus", [host.name, "localhost"], ips)
+    """The monitor's certificate (monitoring.server_certificate: rsyslog shows it too)."""
+    return monitoring.server_certificate(topo, host)
 
 
 def tls_steps(topo: Topology, host: Host) -> list[Step]:
