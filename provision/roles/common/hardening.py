@@ -18,18 +18,13 @@ BANNER = (
     "on it is monitored and recorded. Unauthorized use is prohibited and may be reported\n"
     "to law enforcement and prosecuted. By logging in you consent to this monitoring.\n"
 )
-PACKAGES = ("libpam-pwquality", "debsums", "libpam-tmpdir", "needrestart")
+PACKAGES = ("libpam-pwquality", "debsums", "libpam-tmpdir")
 """Password strength for any local password (the accounts log in with keys; a password
 set by hand later must still be strong); a checker of installed files against their
 packages' checksums (`debsums -s`, for an operator who suspects tampering); a private
-$TMPDIR per login (/tmp/user/<uid>, mode 0700: no guessable shared temporary files);
-and needrestart, which lists after each apt run the services still running an old
-library (NEEDRESTART_CONF: list only, never restart: a deploy decides what restarts)."""
-NEEDRESTART_CONF = "/etc/needrestart/conf.d/60-webinfra-testbed.conf"
-NEEDRESTART_TEXT = (
-    "# Managed by webinfra-testbed: list the services to restart, never restart them.\n"
-    "$nrconf{restart} = 'l';\n$nrconf{kernelhints} = 0;\n"
-)
+$TMPDIR per login (/tmp/user/<uid>, mode 0700: no guessable shared temporary files).
+Not needrestart: it pulls in binutils, an assembler and linker on every server (lynis
+measured the trade: one point for needrestart, three lost for the compiler)."""
 
 CORE_DUMPS = {
     "/etc/security/limits.d/60-webinfra-testbed.conf": "* hard core 0\n",
@@ -76,9 +71,7 @@ def _login_defs() -> Command:
 def steps() -> list[Step]:
     modprobe = "".join(f"install {m} /bin/false\nblacklist {m}\n" for m in MODULES)
     return [
-        # Before the package, so needrestart's first run already only lists.
-        File(NEEDRESTART_CONF, NEEDRESTART_TEXT, name="Ensure needrestart only lists."),
-        Packages(PACKAGES, name="Ensure pwquality, debsums, pam_tmpdir and needrestart are here."),
+        Packages(PACKAGES, name="Ensure pwquality, debsums and pam_tmpdir are installed."),
         File("/etc/issue", BANNER, name="Ensure the console shows the legal banner."),
         File("/etc/issue.net", BANNER, name="Ensure the network login banner is set."),
         *(
