@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from provision import PROJECT_ROOT, engine, topology
+from provision import engine, topology
 from provision.engine.run import StepRecord
 from provision.inventory import Endpoint
 from provision.roles import ALL_ROLES
+from tests.fabcli import run_fab
 
 
 def _closed_port() -> int:
@@ -20,16 +19,6 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _fab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fabric", *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def test_a_host_that_is_down_fails_the_deploy_naming_the_host_and_the_step(tmp_path: Path) -> None:
@@ -56,7 +45,7 @@ def _unreachable_inventory(tmp_path: Path) -> Path:
 
 def test_fab_deploy_exits_non_zero_and_names_the_unreachable_host(tmp_path: Path) -> None:
     inventory = _unreachable_inventory(tmp_path)
-    res = _fab("deploy", "--inventory", str(inventory), "--only", "lb1")
+    res = run_fab("deploy", "--inventory", str(inventory), "--only", "lb1")
     assert res.returncode == 1
     assert "FAILED on lb1, role connect" in res.stdout
     assert "web1" not in res.stdout.split("Summary")[1]
@@ -67,14 +56,14 @@ def test_fab_deploy_refuses_to_pick_a_primary_while_database_hosts_are_unreachab
 ) -> None:
     """No node is made writable while another could hold acknowledged writes."""
     inventory = _unreachable_inventory(tmp_path)
-    res = _fab("deploy", "--inventory", str(inventory), "--only", "web2")
+    res = run_fab("deploy", "--inventory", str(inventory), "--only", "web2")
     assert res.returncode == 2
     assert "web1, web2 cannot be read" in res.stderr
     assert "changing nothing" in res.stderr
 
 
 def test_fab_deploy_rejects_an_unknown_host_in_only_with_a_clear_error() -> None:
-    res = _fab("deploy", "--inventory", "/dev/null", "--only", "web9")
+    res = run_fab("deploy", "--inventory", "/dev/null", "--only", "web9")
     assert res.returncode == 2
     assert "web9" in res.stderr
 

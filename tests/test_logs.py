@@ -7,7 +7,6 @@ import datetime as dt
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,12 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from provision import PROJECT_ROOT, engine, monitoring, secrets, topology
+from provision import engine, monitoring, secrets, topology
 from provision.engine import File, HostContext, Packages, Service
 from provision.ops import logs as ops
 from provision.roles import ALL_ROLES, agent, logs, monitor
 from provision.topology import Host, Topology
+from tests.fabcli import run_fab
 
 TOPOLOGIES = ["seed", "hardened"]
 UTC = dt.UTC
@@ -430,16 +430,6 @@ def test_the_remote_command_keeps_recent_lines_and_names_each_file_s_host(tmp_pa
 # --------------------------------------------------------------------------- fab logs: errors
 
 
-def _fab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fabric", *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -450,7 +440,7 @@ def _fab(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_fab_logs_refuses_bad_input_before_connecting(args: list[str], says: str) -> None:
-    res = _fab("logs", "--inventory", "/dev/null", *args)
+    res = run_fab("logs", "--inventory", "/dev/null", *args)
     assert res.returncode == 2
     assert f"logs: {says}" in res.stderr
 
@@ -464,7 +454,7 @@ def test_fab_logs_names_the_monitor_and_the_step_when_it_cannot_connect(tmp_path
     inventory = tmp_path / "inventory.yml"
     hosts = {h.name: {"host": "127.0.0.1", "port": port} for h in topology.load("seed")}
     inventory.write_text(yaml.safe_dump({"hosts": hosts}))
-    res = _fab("logs", "--inventory", str(inventory))
+    res = run_fab("logs", "--inventory", str(inventory))
     assert res.returncode == 2
     assert "logs: monitor: cannot connect over SSH to read /var/log/remote" in res.stderr
 
