@@ -89,10 +89,12 @@ from provision.drills.history import GET_KINDS, KINDS, History, Op, Sample
 BUCKET_SECONDS = 0.5
 LB_MAX_FAILED_SHARE = 0.01
 """The bound for a balancer that dies abruptly (haproxy killed, links cut): what was in
-flight on it is lost, whatever the design. Measured under the drill's load (20 requests/s,
-about a minute), haproxy killed: 0.09 %, 0.19 %, 0.11 %, 0.23 % and once 0.95 % (nine
-requests in flight on a slow run); before the balancers held connections that found no
-listener (firewall.restart_holds), 1.1-1.5 %. docs/lb-failover.md has the figures."""
+flight on it is lost, whatever the design, so the checker allows the larger of this
+share and one request per Locust user (each has at most one in flight). Measured under
+the drill's load (20 requests/s, about a minute), haproxy killed: 0.09 %, 0.19 %,
+0.11 %, 0.23 %, 0.79 % and 0.95 % (8 and 9 requests in flight, of 10 users, on slower
+runs); before the balancers held connections that found no listener
+(firewall.restart_holds), 1.1-1.5 %. docs/lb-failover.md has the figures."""
 LB_MAX_FAILED_SHARE_BY_FAULT = {"stop": 0.005}
 """Issue 11's 0.5 %, for a machine that stops cleanly (`vagrant halt`, a shutdown):
 HAProxy soft-stops and keepalived keeps the address until the requests in flight are
@@ -471,11 +473,16 @@ def _front_door_bounded(c: _Context) -> InvariantResult:
     last = max((op.end for op in ops), default=start)
     marks = [start, *ends, last]
     gap = max((b - a for a, b in zip(marks, marks[1:], strict=False)), default=0.0)
+    clean = c.h.info.fault in LB_MAX_FAILED_SHARE_BY_FAULT
     bound = LB_MAX_FAILED_SHARE_BY_FAULT.get(c.h.info.fault, LB_MAX_FAILED_SHARE)
-    ok = bool(ops) and share <= bound and gap <= LB_MAX_GAP_S
+    # An abrupt death loses what was in flight: at most one request per client, which
+    # on a short run can be a little more than the share.
+    allowed = len(ops) * bound if clean else max(len(ops) * bound, c.h.info.users)
+    ok = bool(ops) and len(failed) <= allowed and gap <= LB_MAX_GAP_S
+    limit = f"{bound * 100:g} %" + ("" if clean else f" or one per user, {c.h.info.users}")
     evidence = (
         f"{len(failed)} of {len(ops)} requests failed ({share * 100:.2f} %, at most "
-        f"{bound * 100:g} %); longest stretch without a success from "
+        f"{limit}); longest stretch without a success from "
         f"fault-start: {gap:.2f} s (at most {LB_MAX_GAP_S:g} s)"
     )
     return _result("front_door_failover_bounded", ok, evidence, [c.describe(op) for op in failed])
