@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -80,6 +81,13 @@ class _ScriptedRemote:
 
     def __init__(self) -> None:
         self.commands: list[str] = []
+        self.known: dict[tuple[str, ...], object] = {}
+
+    def run_script(self, script: str) -> object:
+        from provision.engine.remote import CommandResult
+
+        self.commands.append("script")
+        return CommandResult(0, "", "")  # read nothing: every step reads for itself
 
     def run(self, command: str, *, check: bool = True, stdin: str | None = None) -> object:
         from provision.engine.remote import CommandResult
@@ -119,3 +127,69 @@ def test_a_change_after_the_start_still_restarts_the_unit() -> None:
     late = Command("Write a late config.", "check late", "reach late", notify=["restart svc"])
     commands = _run_role([Service("svc"), late])
     assert sum("systemctl restart svc" in c for c in commands) == 1
+
+
+class _LocalRemote:
+    """This machine as a deploy target for the read-ahead: the batched script runs in a
+    local `sh`, and every per-step command is recorded (and fails) to show which steps
+    still needed a round trip of their own."""
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[str, ...], object] = {}
+        self.commands: list[str] = []
+        self.scripts: list[str] = []
+
+    def run_script(self, script: str) -> object:
+        import subprocess
+
+        from provision.engine.remote import CommandResult
+
+        self.scripts.append(script)
+        res = subprocess.run(
+            ["sh", "-s"], input=f"exec 2>/dev/null\numask 022\n{script}\n",
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return CommandResult(res.returncode, res.stdout, "")
+
+    def run(self, command: str, *, check: bool = True, stdin: str | None = None) -> object:
+        from provision.engine.remote import CommandResult
+
+        self.commands.append(command)
+        return CommandResult(1, "", "")
+
+
+def test_one_read_ahead_answers_every_step_whose_state_holds_and_no_other(tmp_path: Path) -> None:
+    import grp
+    import os
+    import pwd
+
+    from provision.engine.steps import Command, File, prefetch
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    good, stale = tmp_path / "good.conf", tmp_path / "stale.conf"
+    good.write_text("wanted\n")
+    good.chmod(0o640)
+    stale.write_text("old\n")
+    stale.chmod(0o640)
+    steps = [
+        File(str(good), "wanted\n", mode="0640", owner=user, group=group),
+        File(str(stale), "wanted\n", mode="0640", owner=user, group=group),
+        File(str(tmp_path / "absent.conf"), "wanted\n", owner=user, group=group),
+        # The check reads its input from a here-document inside the script (secrets in
+        # SQL never travel in a command line); the second check fails.
+        Command("Holds.", check="grep -qx 's3cret'", run="true", check_stdin="s3cret\n"),
+        Command("Does not hold.", check="test -e /nonexistent-testbed", run="true"),
+    ]
+    remote = _LocalRemote()
+    assert prefetch(remote, steps) == 5  # type: ignore[arg-type]
+    assert len(remote.scripts) == 1 and "s3cret" in remote.scripts[0]
+    assert steps[0].apply(remote).changed is False  # type: ignore[arg-type]
+    assert steps[3].apply(remote).changed is False  # type: ignore[arg-type]
+    assert remote.commands == [], "a state the read-ahead saw holding needs no round trip"
+    # A stale file, a missing one and a failing check each read for themselves.
+    for step in (steps[1], steps[2], steps[4]):
+        remote.commands.clear()
+        with contextlib.suppress(Exception):  # the recording remote fails every command
+            step.apply(remote)  # type: ignore[arg-type]
+        assert remote.commands, f"{step.name}: answered from a read that did not hold"

@@ -95,6 +95,10 @@ class Remote:
             config=Config(overrides={"run": {"encoding": "utf-8"}}),
         )
         self._root = endpoint.user == "root"
+        self.known: dict[tuple[str, ...], Any] = {}
+        """What one batched read found on the machine (File, Packages, Service and Command
+        steps' first checks, see :func:`provision.engine.steps.prefetch`); the engine
+        clears it as soon as a step changes anything."""
         self.progress: Callable[[str], None] = lambda message: None
         # Fabric's default accepts any host key (paramiko's AutoAddPolicy, never saved):
         # verify it instead (host_key_policy).
@@ -160,6 +164,24 @@ class Remote:
         if check and not result.ok:
             raise StepError(_failure_text(command, result))
         return result
+
+    def run_script(self, script: str) -> CommandResult:
+        """Run a shell script as root in one round trip, sent on the session's standard
+        input: many checks at the cost of one command, and what they read on their own
+        input (SQL with passwords) never shows in `ps`. Its standard error is discarded."""
+        shell = "sh -s" if self._root else "sudo -n -- sh -s"
+        if not self.conn.is_connected:
+            self.connect()
+        chan = self.conn.client.get_transport().open_session()
+        try:
+            chan.exec_command(shell)
+            chan.sendall(f"exec 2>/dev/null\numask 022\n{script}\n".encode())
+            chan.shutdown_write()
+            out = chan.makefile("rb").read().decode("utf-8", "replace")
+            rc = chan.recv_exit_status()
+        finally:
+            chan.close()
+        return CommandResult(rc, out, "")
 
     def facts(self) -> dict[str, str]:
         """What roles need to know about the machine before they plan their steps."""

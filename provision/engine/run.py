@@ -19,9 +19,23 @@ from typing import Any, TextIO
 
 from provision import STATE_DIR
 from provision.engine.remote import Remote
-from provision.engine.steps import FlushHandlers, Handler, Service, Step
+from provision.engine.steps import (
+    Command,
+    File,
+    FlushHandlers,
+    Handler,
+    Packages,
+    Service,
+    Step,
+    prefetch,
+)
 from provision.inventory import Endpoint
 from provision.topology import TIER_ORDER, Host, Topology
+
+PREFETCHED = (File, Packages, Service, Command)
+"""The steps whose first check :func:`provision.engine.steps.prefetch` reads ahead."""
+READ_AHEAD_HOLD = 5
+"""Steps to go without reading ahead after a read whose first step changed anything."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,7 @@ def _run_handlers(
     for handler in role.handlers:
         if handler.key not in notified:
             continue
+        remote.known.clear()  # what was read before may not hold after it
         started = time.monotonic()
         try:
             remote.run(handler.command)
@@ -134,15 +149,25 @@ def _run_host(
             printer.step(host, "FAILED", what, str(exc))
             report.failures.append(Failure(host, role.name, what, str(exc)))
             return
-        for step in planned:
+        # The steps' first checks are read in one round trip (prefetch) and trusted until
+        # a step changes something; then again at the next step, unless changes come one
+        # after another (a first deploy), where reading ahead would only add round trips.
+        fresh, served, hold = False, 0, 0
+        for i, step in enumerate(planned):
             if isinstance(step, FlushHandlers):
                 if not _run_handlers(remote, role, notified, host, report, printer):
                     return
+                fresh = fresh and bool(remote.known)  # a handler ran: read again
                 continue
+            if not fresh and hold == 0 and isinstance(step, PREFETCHED):
+                prefetch(remote, planned[i:])
+                fresh, served = True, 0
+            hold = max(0, hold - 1)
             started = time.monotonic()
             try:
                 outcome = step.apply(remote)
             except Exception as exc:  # any error is reported against the host and step
+                remote.known.clear()
                 printer.step(host, "FAILED", step.name, str(exc))
                 report.failures.append(Failure(host, role.name, step.name, str(exc)))
                 # What changed before the failure is on the machine already: its services
@@ -158,6 +183,12 @@ def _run_host(
             )
             if outcome.changed:
                 notified += [n for n in step.notify if n not in notified]
+                remote.known.clear()
+                if fresh and served == 0:
+                    hold = READ_AHEAD_HOLD
+                fresh = False
+            elif fresh:
+                served += 1
             if isinstance(step, Service) and "started" in outcome.detail.split(", "):
                 # It has just started with every change made so far: restarting it now
                 # would only cost a second stop (gunicorn's took 30 s on a first deploy).

@@ -8,6 +8,7 @@ or mode differs, and is validated before it goes live.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class Packages(Step):
         self.name = self.name or f"Ensure {', '.join(self.packages)} are installed."
 
     def apply(self, remote: Remote) -> Outcome:
+        if all(remote.known.get(("package", p)) == "installed" for p in self.packages):
+            return OK
         query = "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' " + " ".join(self.packages)
         res = remote.run(query + " 2>/dev/null", check=False)
         installed = {
@@ -101,6 +104,8 @@ class File(Step):
     def apply(self, remote: Remote) -> Outcome:
         want_sum = hashlib.sha256(self.data).hexdigest()
         want_meta = f"{int(self.mode, 8):o} {self.owner} {self.group}"
+        if remote.known.get(("file", self.path)) == (want_sum, want_meta):
+            return OK
         p = shlex.quote(self.path)
         res = remote.run(
             f"if [ -f {p} ]; then sha256sum {p} | cut -d' ' -f1; stat -c '%a %U %G' {p}; "
@@ -168,6 +173,8 @@ class Command(Step):
     """Input for the commands: how secrets (SQL with passwords) travel, never in argv."""
 
     def apply(self, remote: Remote) -> Outcome:
+        if remote.known.get(("check", self.check, self.check_stdin or "")) == 0:
+            return OK
         if remote.run(self.check, check=False, stdin=self.check_stdin).ok:
             return OK
         remote.run(self.run, stdin=self.run_stdin)
@@ -188,6 +195,11 @@ class Service(Step):
         self.name = self.name or f"Ensure {self.unit} is enabled and running."
 
     def apply(self, remote: Remote) -> Outcome:
+        seen = remote.known.get(("unit", self.unit))
+        if seen is not None:
+            enabled, active = seen[0] in ("enabled", "static"), seen[1] == "active"
+            if (enabled or not self.enabled) and (active or not self.running):
+                return OK
         u = shlex.quote(self.unit)
         enabled = remote.run(f"systemctl is-enabled {u}", check=False).stdout.strip() in (
             "enabled",
@@ -220,6 +232,86 @@ class FlushHandlers(Step):
 
     def apply(self, remote: Remote) -> Outcome:  # handled by the engine
         return OK
+
+
+def prefetch(remote: Remote, steps: Sequence[Step]) -> int:
+    """Read in one round trip what the File, Packages, Service and Command steps among
+    `steps` check first, into `remote.known`; return how many steps that covers.
+
+    A step trusts what was read only to find that its state already holds, and only
+    until the engine clears `remote.known` (any change, any handler): a state read
+    before a change may not hold after it. Anything else takes the step's own path (read
+    again, act, check), so a deploy that changes nothing costs one round trip per role
+    instead of one or more per step (issue 14: 12.9 s for a no-op seed deploy)."""
+    token = "TESTBED_" + secrets.token_hex(8)
+    lines: list[str] = []
+    queries: dict[str, tuple[str, ...]] = {}
+    packages: list[str] = []
+
+    def ask(key: tuple[str, ...], command: str) -> None:
+        tag = f"K{len(queries)}"
+        queries[tag] = key
+        lines.append(f'printf "%s %s\\n" {tag} "$({command})"')
+
+    covered = 0
+    for step in steps:
+        if isinstance(step, File):
+            p = shlex.quote(step.path)
+            ask(
+                ("file", step.path),
+                f"if [ -f {p} ]; then sha256sum < {p} | cut -d' ' -f1; stat -c '%a %U %G' {p};"
+                " fi | tr '\\n' '|'",
+            )
+        elif isinstance(step, Packages):
+            packages += [p for p in step.packages if p not in packages]
+        elif isinstance(step, Service):
+            u = shlex.quote(step.unit)
+            states = f"$(systemctl is-enabled {u})'|'$(systemctl is-active {u})"
+            ask(("unit", step.unit), f"echo {states}")
+        elif isinstance(step, Command):
+            stdin = step.check_stdin
+            if stdin is None:
+                feed = " </dev/null"
+            elif stdin.endswith("\n") and token not in stdin:
+                # A here-document: the input travels inside the script, on standard input.
+                feed = f" <<'{token}'\n{stdin}{token}\n"
+            else:
+                continue
+            tag = f"K{len(queries)}"
+            queries[tag] = ("check", step.check, stdin or "")
+            lines.append(f"(\n{step.check}\n) >/dev/null 2>&1{feed}")
+            lines.append(f'echo "{tag} $?"')
+        else:
+            continue
+        covered += 1
+    if packages:
+        lines.append(
+            "dpkg-query -W -f='P ${Package} ${db:Status-Status}\\n' "
+            + " ".join(shlex.quote(p) for p in packages)
+        )
+    remote.known.clear()
+    if not covered:
+        return 0
+    try:
+        out = remote.run_script("\n".join(lines)).stdout
+    except Exception:  # the steps read for themselves, and report any error as their own
+        return 0
+    for line in out.splitlines():
+        tag, _, value = line.partition(" ")
+        if tag == "P":
+            name, _, status = value.partition(" ")
+            remote.known[("package", name.split(":")[0])] = status
+        elif tag in queries:
+            key = queries[tag]
+            if key[0] == "file":
+                parts = value.split("|")
+                if len(parts) >= 2 and parts[0]:
+                    remote.known[key] = (parts[0], parts[1])
+            elif key[0] == "unit":
+                remote.known[key] = tuple((value.split("|") + ["", ""])[:2])
+            elif key[0] == "check" and value.strip().isdigit():
+                remote.known[key] = int(value)
+    return covered
 
 
 def system_user(name: str, home: str | None = None) -> Command:
