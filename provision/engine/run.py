@@ -334,7 +334,10 @@ def _install_packages(
                 wanted += [p for p in step.packages if p not in wanted]
     if not wanted:
         return True
-    host, step = ctx.host.name, Packages(tuple(wanted), name=name)
+    # The later roles' services start once their role has configured them, not with the
+    # package's defaults (the first roles' run as they always did).
+    step = Packages(tuple(wanted), name=name, start_services=name != INSTALL_AHEAD)
+    host = ctx.host.name
     started = time.monotonic()
     try:
         outcome = step.apply(remote)

@@ -42,11 +42,20 @@ class Step:
         raise NotImplementedError
 
 
+POLICY_RC = "/usr/sbin/policy-rc.d"
+"""Debian's hook asked before a package's maintainer script starts a service (101: no)."""
+
+
 @dataclass
 class Packages(Step):
     packages: Sequence[str]
     name: str = ""
     notify: Sequence[str] = ()
+    start_services: bool = True
+    """False: the packages' services are installed (and enabled) but not started, through
+    Debian's policy-rc.d: they first run once their role has configured them (a
+    Prometheus started with the package's own config would store series without the
+    testbed's labels)."""
 
     def __post_init__(self) -> None:
         self.name = self.name or f"Ensure {', '.join(self.packages)} are installed."
@@ -70,10 +79,18 @@ class Packages(Step):
             "if [ -z \"$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440)\" ]; "
             "then apt-get update -q; fi"
         )
-        remote.run(
+        install = (
             "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
             "-o Dpkg::Options::=--force-confold " + " ".join(missing)
         )
+        if not self.start_services:
+            # Only where no policy of the machine's own is in place, and always removed.
+            install = (
+                f"if [ -e {POLICY_RC} ]; then {install}; else "
+                f"trap 'rm -f {POLICY_RC}' EXIT; printf '#!/bin/sh\\nexit 101\\n' > {POLICY_RC}; "
+                f"chmod 0755 {POLICY_RC}; {install}; fi"
+            )
+        remote.run(install)
         return Outcome(True, "installed " + ", ".join(missing))
 
 

@@ -134,6 +134,9 @@ def steps(ctx: HostContext) -> list[Step]:
             ("rsyslog", "rsyslog-gnutls", "logrotate"),
             name="Ensure rsyslog, its TLS driver and logrotate are installed.",
         ),
+        # Its timer runs it daily; the deploy installs packages without starting their
+        # units, so it is started here like every service the roles rely on.
+        Service("logrotate.timer", name="Ensure logs are rotated daily (logrotate's timer)."),
         File(
             JOURNALD_DROPIN,
             journald_dropin(),
