@@ -86,6 +86,27 @@ def test_a_container_machine_cannot_make_devices_and_owns_its_network(
     assert bounding & (1 << CAP_NET_ADMIN), "without NET_ADMIN it cannot own its firewall"
 
 
+@pytest.mark.parametrize("name", HOST_NAMES)
+def test_a_container_machine_has_tmp_on_its_own_file_system_where_nothing_runs(
+    machines: dict[str, testinfra.host.Host], name: str
+) -> None:
+    """/tmp is a file system of its own (docker's --tmpfs): filling it cannot fill the root
+    one, and nothing set-user-ID, no device and no program runs from it. A VM keeps /tmp
+    on its root file system (Debian's tmp.mount is not enabled there: docs/security.md)."""
+    machine = machines[name]
+    if machine.run("systemd-detect-virt --container").stdout.strip() in ("", "none"):
+        pytest.skip("a virtual machine, not a container")
+    mounts = [
+        line.split()
+        for line in machine.file("/proc/mounts").content_string.splitlines()
+        if line.split()[1:2] == ["/tmp"]
+    ]
+    assert mounts, "/tmp is not a mount point: it shares the root file system"
+    _, _, fstype, options, *_ = mounts[-1]
+    assert fstype == "tmpfs"
+    assert {"nosuid", "nodev", "noexec"} <= set(options.split(","))
+
+
 # Written by hand from the hardening we promise (docs/security.md), not read from the code.
 KERNEL_NETWORK = {
     "net.ipv4.conf.all.rp_filter": 1,

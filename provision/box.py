@@ -4,7 +4,8 @@ No image registry is reachable, so the image is built locally: debootstrap of
 Debian 12 (the mirror is read from this machine's own apt sources), imported into
 docker, then provision/box/Dockerfile adds what a Vagrant box has (vagrant user,
 sudo, Vagrant's public insecure key). The image tag carries a hash of the recipe,
-so it is rebuilt only when the recipe changes.
+so it is rebuilt only when the recipe changes. The Dockerfile also installs the packages
+every machine's first roles install (provision/layout.py), part of the recipe too.
 
 Run ``python -m provision.box --help``.
 """
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provision import PROJECT_ROOT
+from provision import PROJECT_ROOT, layout
 
 BOX_DIR = PROJECT_ROOT / "provision" / "box"
 SUITE = "bookworm"
@@ -75,9 +76,14 @@ def rootfs_tag() -> str:
     return f"{ROOTFS_REPO}:{_digest(rootfs_recipe().encode())}"
 
 
+def baked_packages() -> str:
+    """The packages the Dockerfile installs into the box: every machine's first roles'."""
+    return " ".join(layout.EVERY_HOST_PACKAGES)
+
+
 def image_tag() -> str:
     """The tag of the box image for the current recipe (the Vagrantfile uses it)."""
-    parts = [rootfs_recipe().encode()]
+    parts = [rootfs_recipe().encode(), baked_packages().encode()]
     for path in recipe_files():
         parts += [path.name.encode(), path.read_bytes()]
     return f"{IMAGE_REPO}:{_digest(*parts)}"
@@ -225,8 +231,9 @@ def build(force: bool = False) -> str:
         shutil.copy(vagrant_public_key(), Path(tmp) / "vagrant.pub")
         _say(f"building {tag}...")
         res = _docker(
-            "build", "-q", "--build-arg", f"BASE={base}", "-t", tag, tmp, capture_output=True
-        )
+            "build", "-q", "--build-arg", f"BASE={base}",
+            "--build-arg", f"PACKAGES={baked_packages()}", "-t", tag, tmp, capture_output=True,
+        )  # fmt: skip
         if res.returncode != 0:
             raise BoxError(f"docker build failed:\n{res.stderr.strip()}")
     _say(f"built {tag} in {time.monotonic() - started:.0f} s.")

@@ -98,3 +98,17 @@ NET_SYSCTLS = {
 # container cannot write them afterwards, so half the machines came up accepting
 # redirects. No machine routes anyway: every firewall's FORWARD policy is DROP.
 SYSCTL_FILE = "/etc/sysctl.d/60-webinfra-testbed.conf"
+
+
+# ------------------------------------------------------------ packages every host installs
+
+BASE_PACKAGES = ("ca-certificates", "curl", "netcat-openbsd", "procps", "tzdata", "less")
+"""The common role's tools (curl for health checks, nc for probes, ps, time zones)."""
+HARDENING_PACKAGES = ("libpam-pwquality", "debsums", "libpam-tmpdir")
+"""The common role's host hardening: password quality, package checksums, private TMPDIR."""
+FIREWALL_PACKAGES = ("iptables", "iptables-persistent", "netfilter-persistent", "ulogd2")
+"""The firewall role's: the rules, restored at boot, and dropped packets logged."""
+EVERY_HOST_PACKAGES = (*BASE_PACKAGES, *HARDENING_PACKAGES, *FIREWALL_PACKAGES)
+"""What the first roles install on every machine. The docker box has them already
+(provision/box.py), so a first deploy there only checks them; on a VM from the stock box
+the roles install them as they always did."""

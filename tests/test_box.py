@@ -118,6 +118,16 @@ def test_image_tag_changes_when_the_recipe_changes(monkeypatch: pytest.MonkeyPat
     assert box.image_tag() != shipped
 
 
+def test_image_tag_changes_when_a_role_installs_another_package_on_every_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from provision import layout
+
+    shipped = box.image_tag()
+    monkeypatch.setattr(layout, "EVERY_HOST_PACKAGES", (*layout.EVERY_HOST_PACKAGES, "nmap"))
+    assert box.image_tag() != shipped
+
+
 def test_image_tag_names_the_box_repository() -> None:
     assert box.image_tag().startswith("webinfra-testbed/box:")
 

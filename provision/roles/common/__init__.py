@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from provision import layout
 from provision.engine import (
     Command,
     File,
@@ -16,7 +17,7 @@ from provision.engine import (
 from provision.roles.common import hardening
 from provision.topology import Host, Topology
 
-BASE_PACKAGES = ("ca-certificates", "curl", "netcat-openbsd", "procps", "tzdata", "less")
+BASE_PACKAGES = layout.BASE_PACKAGES
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-webinfra-testbed.conf"
 """Named to sort first: sshd keeps the first value it reads for a keyword, and an image's
 own drop-ins (cloud images ship 50-cloud-init.conf, which may allow passwords) come later."""
@@ -65,6 +66,13 @@ def steps(ctx: HostContext) -> list[Step]:
             "/etc/hosts",
             render("common", "hosts.j2", host=host, entries=hosts_entries(ctx.topology, host)),
             name="Ensure /etc/hosts resolves every testbed host.",
+        ),
+        # The box has the base packages but no package lists: whatever is installed by
+        # hand later (an operator's tool, the tests' nmap) needs them.
+        Command(
+            "Ensure apt's package lists are less than a day old.",
+            check="find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 | grep -q .",
+            run="apt-get update -q",
         ),
         Packages(BASE_PACKAGES, name="Ensure the base packages are installed."),
         Command(

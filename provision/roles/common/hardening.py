@@ -11,14 +11,15 @@ testbed that proves behaviour must not restart its own services at random).
 
 from __future__ import annotations
 
-from provision.engine import Command, File, Packages, Step
+from provision import layout
+from provision.engine import Command, File, Packages, Service, Step
 
 BANNER = (
     "Authorized access only. This system belongs to the webinfra-testbed; all activity\n"
     "on it is monitored and recorded. Unauthorized use is prohibited and may be reported\n"
     "to law enforcement and prosecuted. By logging in you consent to this monitoring.\n"
 )
-PACKAGES = ("libpam-pwquality", "debsums", "libpam-tmpdir")
+PACKAGES = layout.HARDENING_PACKAGES
 """Password strength for any local password (the accounts log in with keys; a password
 set by hand later must still be strong); a checker of installed files against their
 packages' checksums (`debsums -s`, for an operator who suspects tampering); a private
@@ -68,10 +69,36 @@ def _login_defs() -> Command:
     )
 
 
+DEV_NOEXEC_UNIT = "testbed-dev-noexec.service"
+DEV_NOEXEC = """# Managed by webinfra-testbed (provision/roles/common/hardening.py).
+[Unit]
+Description=Mount /dev noexec: device nodes live there, never programs
+DefaultDependencies=no
+After=systemd-remount-fs.service
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/mount -o remount,noexec /dev
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
 def steps() -> list[Step]:
     modprobe = "".join(f"install {m} /bin/false\nblacklist {m}\n" for m in MODULES)
     return [
         Packages(PACKAGES, name="Ensure pwquality, debsums and pam_tmpdir are installed."),
+        # A program dropped into /dev cannot run from there (lynis FILE-6374); at every
+        # boot, since the container runtime or the kernel mounts /dev without it.
+        File(
+            f"/etc/systemd/system/{DEV_NOEXEC_UNIT}",
+            DEV_NOEXEC,
+            name="Ensure /dev is remounted noexec at boot.",
+        ),
+        Service(DEV_NOEXEC_UNIT, name="Ensure /dev is mounted noexec."),
         File("/etc/issue", BANNER, name="Ensure the console shows the legal banner."),
         File("/etc/issue.net", BANNER, name="Ensure the network login banner is set."),
         *(

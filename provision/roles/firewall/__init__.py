@@ -73,7 +73,7 @@ def steps(ctx: HostContext) -> list[Step]:
             './testbed up)" >&2; exit 1; }',
         ),
         Packages(
-            ("iptables", "iptables-persistent", "netfilter-persistent", "ulogd2"),
+            layout.FIREWALL_PACKAGES,
             name="Ensure iptables, netfilter-persistent and ulogd2 are installed.",
         ),
         *(
