@@ -318,6 +318,7 @@ def _install_packages(
     report: Report,
     printer: Printer,
     name: str,
+    start_services: bool = True,
 ) -> bool:
     """One Packages step for every package the Packages steps of `roles` install: one
     dpkg run and one set of triggers instead of one per step (a web host's packages took
@@ -334,9 +335,7 @@ def _install_packages(
                 wanted += [p for p in step.packages if p not in wanted]
     if not wanted:
         return True
-    # The later roles' services start once their role has configured them, not with the
-    # package's defaults (the first roles' run as they always did).
-    step = Packages(tuple(wanted), name=name, start_services=name != INSTALL_AHEAD)
+    step = Packages(tuple(wanted), name=name, start_services=start_services)
     host = ctx.host.name
     started = time.monotonic()
     try:
@@ -372,7 +371,15 @@ def _install_ahead(
             for role in by_tier.get(tier, [])
         ]
         _install_packages(
-            remotes[host.name], contexts[host.name], later, report, printer, INSTALL_AHEAD
+            remotes[host.name],
+            contexts[host.name],
+            later,
+            report,
+            printer,
+            INSTALL_AHEAD,
+            # Their services start once their role has configured them, not with the
+            # packages' defaults (the first roles' start as they always did).
+            start_services=False,
         )
 
     todo = [h for h in hosts if h.name in contexts and h.name in remotes]
