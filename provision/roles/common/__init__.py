@@ -23,6 +23,27 @@ SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-webinfra-testbed.conf"
 own drop-ins (cloud images ship 50-cloud-init.conf, which may allow passwords) come later."""
 OLD_SSHD_DROPINS = ("/etc/ssh/sshd_config.d/50-webinfra-testbed.conf",)
 TIMEZONE = "Etc/UTC"
+HOSTS_COPY = "/etc/webinfra-testbed/hosts"
+"""The deployed /etc/hosts, kept where no container runtime writes: docker rewrites its
+bind-mounted /etc/hosts each time the machine starts, losing the testbed's names."""
+HOSTS_UNIT = "testbed-hosts.service"
+HOSTS_UNIT_TEXT = f"""# Managed by webinfra-testbed (provision/roles/common/__init__.py).
+[Unit]
+Description=Put back the testbed's /etc/hosts (a container runtime rewrites it at start)
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target network-pre.target nss-lookup.target
+ConditionPathExists={HOSTS_COPY}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+# Written through, not renamed: under docker /etc/hosts is a bind mount.
+ExecStart=/bin/sh -c 'cat {HOSTS_COPY} > /etc/hosts'
+
+[Install]
+WantedBy=sysinit.target
+"""
 
 
 def hosts_entries(topology: Topology, viewer: Host) -> list[tuple[str, list[str]]]:
@@ -55,6 +76,7 @@ def sshd_users(ctx: HostContext) -> list[str]:
 
 def steps(ctx: HostContext) -> list[Step]:
     host = ctx.host
+    hosts = render("common", "hosts.j2", host=host, entries=hosts_entries(ctx.topology, host))
     return [
         File("/etc/hostname", f"{host.name}\n", name="Ensure /etc/hostname names the host."),
         Command(
@@ -64,9 +86,16 @@ def steps(ctx: HostContext) -> list[Step]:
         ),
         File(
             "/etc/hosts",
-            render("common", "hosts.j2", host=host, entries=hosts_entries(ctx.topology, host)),
+            hosts,
             name="Ensure /etc/hosts resolves every testbed host.",
         ),
+        File(HOSTS_COPY, hosts, name="Ensure a copy of /etc/hosts is kept for boot."),
+        File(
+            f"/etc/systemd/system/{HOSTS_UNIT}",
+            HOSTS_UNIT_TEXT,
+            name="Ensure /etc/hosts is put back at every boot.",
+        ),
+        Service(HOSTS_UNIT, name="Ensure the unit that puts back /etc/hosts is enabled."),
         # The box has the base packages but no package lists: whatever is installed by
         # hand later (an operator's tool, the tests' nmap) needs them.
         Command(
