@@ -163,9 +163,23 @@ def test_a_primary_cut_off_with_one_replica_keeps_writing_and_no_second_writer_a
     try:
         assert_every_invariant_holds(folder, res)
         final = json.loads((folder / "final.json").read_text())
-        assert final["primary"] == old, "nobody may be promoted while the primary keeps a replica"
-        events = (folder / "events.jsonl").read_text()
-        assert "cannot be reached" in events, "the controller says why it does not promote"
+        events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+        healed = next(e["t"] for e in events if e["event"] == "fault-end")
+        promoted = [e for e in events if e["event"] == "failover"]
+        assert all(e["t"] > healed for e in promoted), (
+            "nobody may be promoted while the primary keeps a replica"
+        )
+        if final["primary"] != old:
+            # After the heal, MariaDB (MDEV-35397's kind) has once wedged the old primary
+            # as the far replica reconnected: alive, answering no query. Replacing a primary
+            # that takes no write is the controller's job, but only on its own host's word.
+            assert promoted, f"{final['primary']} is the primary; the controller logged no failover"
+            wedged = [e["t"] for e in events if e["event"] == "primary-wedged"]
+            assert any(healed < t < promoted[0]["t"] for t in wedged), (
+                f"{final['primary']} was promoted after the heal without {old} being wedged"
+            )
+        reasons = " ".join(e["detail"] for e in events if e["event"] == "not-promoting")
+        assert "cannot be reached" in reasons, "the controller says why it does not promote"
     finally:
         heal_cluster(endpoints)
 

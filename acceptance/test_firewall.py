@@ -113,7 +113,39 @@ def matrix(
     # must not leave that doubt.
     for src in HOST_NAMES:
         probe_from(src)
+        for (s, d, a, p), got in list(results.items()):
+            if s == src and got == "open" and not _allowed(s, d, a, p):
+                EVIDENCE[(s, d, a, p)] = _evidence(machines, s, d, a, p)
     return results
+
+
+EVIDENCE: dict[tuple[str, str, str, int], str] = {}
+"""What was seen right after a forbidden connection was reported open (CI saw one, once,
+in a hardened run, and the rules read afterwards could not explain it): the same probe
+again, and both ends' rules with their packet counters, for the failure message."""
+
+
+def _allowed(source: str, dest: str, address: str, port: int) -> bool:
+    network = _network_of(address) or "management"
+    at = ipaddress.IPv4Address(address) if network != "management" else None
+    return TOPOLOGY.is_allowed(source, dest, network, port, address=at)
+
+
+def _evidence(machines: Machines, src: str, dest: str, address: str, port: int) -> str:
+    again = [
+        machines[src]
+        .check_output(f"echo {address} {port} | python3 -c {shlex.quote(probe_script())}")
+        .split()[-1]
+        for _ in range(3)
+    ]
+    out = machines[src].run("iptables -w -L OUTPUT -v -n --line-numbers").stdout
+    into = machines[dest].run("iptables -w -L INPUT -v -n --line-numbers").stdout
+    owner = machines[dest].run(f"ss -Htlnp 'sport = :{port}'").stdout
+    return (
+        f"\n  probed 3 more times at once: {again}"
+        f"\n  {dest}'s listener: {owner.strip()}"
+        f"\n  {src} OUTPUT:\n{out}\n  {dest} INPUT:\n{into}"
+    )
 
 
 @pytest.mark.skipif(TOPOLOGY.name != "seed", reason="the hand-written matrix is seed's")
@@ -138,8 +170,7 @@ def test_connection_succeeds_exactly_when_the_topology_allows_it(
     wrong = []
     for address in addresses[dest]:
         network = _network_of(address) or "management"
-        at = ipaddress.IPv4Address(address) if network != "management" else None
-        allowed = TOPOLOGY.is_allowed(source, dest, network, port, address=at)
+        allowed = _allowed(source, dest, address, port)
         got = matrix[(source, dest, address, port)]
         # From a host whose egress is closed, a forbidden connection is refused by its own
         # rules ("denied"), unless the kernel's ICMP rate limit (50 at once, 1,000/s) ate
@@ -150,6 +181,7 @@ def test_connection_succeeds_exactly_when_the_topology_allows_it(
         if got not in expected:
             want = " or ".join(sorted(expected))
             wrong.append(f"{address} ({network}) port {port}: expected {want}, got {got}")
+            wrong[-1] += EVIDENCE.get((source, dest, address, port), "")
     assert not wrong, f"{source} -> {dest}: " + "; ".join(wrong)
 
 
