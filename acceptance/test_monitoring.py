@@ -9,7 +9,6 @@ at 127.0.0.1 only.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -72,61 +71,109 @@ def test_every_series_carries_host_and_role_labels() -> None:
 
 
 def _locust_run(tmp: Path, users: int, rate: float, seconds: int) -> int:
-    """A fixed-rate headless Locust run; the number of requests it made."""
-    prefix = tmp / "run"
+    """A fixed-rate headless Locust run; the number of requests it made.
+
+    At the deadline each user finishes the request it has in flight (--stop-timeout), and
+    the count is Locust's final one (--json-file: its CSV is written before those end)."""
+    report = tmp / "locust.json"
     env = dict(os.environ, LOAD_RATE=str(rate))
     res = subprocess.run(
         [str(Path(sys.executable).parent / "locust"), "-f", "loadtests/qps.py", "--headless",
          "--host", SITE_CLIENT.entry.url(),
-         "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--csv", str(prefix),
-         "--max-p95-ms", "5000", "--only-summary"],
+         "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", "10",
+         "--json-file", str(report.with_suffix("")), "--max-p95-ms", "5000", "--only-summary"],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    with open(f"{prefix}_stats.csv") as f:
-        total = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
-    assert total["Failure Count"] == "0"
-    return int(total["Request Count"])
+    entries = json.loads(report.read_text())
+    assert sum(e["num_failures"] for e in entries) == 0
+    return sum(int(e["num_requests"]) for e in entries)
 
 
 RUN_SECONDS = 45  # long enough for the 30 s rate window plus 10 s of its samples
+SITE_COUNTS = {
+    # HAProxy's own exporter (an API, pushed by the balancers' agents).
+    "exporter": 'sum(haproxy_frontend_http_requests_total{proxy="https"})',
+    # The same balancers' log lines, shipped to the monitor and counted there by mtail.
+    "logs": 'sum(log_haproxy_http_requests_total{frontend="https"}) or vector(0)',
+    # What the web servers answered through the balancers (the exporter again).
+    "servers": 'sum(haproxy_server_http_responses_total{proxy=~"web|api"})',
+}
 
 
-def test_the_qps_prometheus_reports_matches_a_fixed_rate_locust_run(tmp_path: Path) -> None:
-    site = 'sum(haproxy_frontend_http_requests_total{proxy="https"})'
-    servers = 'sum(haproxy_server_http_responses_total{proxy=~"web|api"})'
+def test_three_independent_counts_of_the_site_s_requests_agree_with_locust(
+    tmp_path: Path,
+) -> None:
+    """Locust's own count, HAProxy's exporter and mtail's count of HAProxy's log lines (three
+    ways of collecting, none derived from another) agree within 1 % over a fixed-rate run."""
     time.sleep(6)  # a scrape after any earlier traffic: the counters are flat now
     start = time.time()
-    site_before, servers_before = scalar(site, start), scalar(servers, start)
+    before = {name: scalar(expr, start) for name, expr in SITE_COUNTS.items()}
     requests = _locust_run(tmp_path, users=10, rate=2.0, seconds=RUN_SECONDS)
     end = time.time()
 
-    def counts() -> tuple[float, float]:
+    def counts() -> dict[str, float]:
         now = time.time()
-        return scalar(site, now) - site_before, scalar(servers, now) - servers_before
+        return {name: scalar(expr, now) - before[name] for name, expr in SITE_COUNTS.items()}
 
-    def agree() -> bool:
-        site_count, servers_count = counts()
-        return (
-            abs(site_count - requests) <= 0.05 * requests
-            and abs(servers_count - site_count) <= 0.01 * site_count + 1
-        )
+    def agree(found: dict[str, float]) -> bool:
+        return all(abs(n - requests) <= 0.01 * requests for n in found.values())
 
-    # The agents scrape every 5 s and push within a second: the last counts arrive within
-    # about 6 s of the run's end (polled, up to 20 s).
-    eventually(agree, 20, 2)
-    site_count, servers_count = counts()
+    # The agents scrape every 5 s and push within a second; a log line takes rsyslog's hop
+    # and mtail's next read, then the monitor's next scrape (polled, up to 30 s).
+    eventually(lambda: agree(counts()), 30, 2)
+    found = counts()
     print(
         f"\nLocust: {requests} requests in {RUN_SECONDS} s ({requests / RUN_SECONDS:.2f}/s); "
-        f"Prometheus: site {site_count:.0f} ({site_count / RUN_SECONDS:.2f}/s), "
-        f"servers {servers_count:.0f}"
+        + ", ".join(
+            f"{name} {n:.0f} ({(n - requests) / requests:+.2%})" for name, n in found.items()
+        )
     )
-    assert abs(site_count - requests) <= 0.05 * requests
-    assert abs(servers_count - site_count) <= 0.01 * site_count + 1
+    assert agree(found), f"Locust counted {requests}; the others: {found}"
     # The recorded QPS (a rate over 30 s) says the same once its window is inside the run:
     # averaged over [end - 12 s, end - 2 s], its windows span [end - 42 s, end - 2 s].
-    recorded = scalar("avg_over_time(testbed:site_qps[10s])", end - 2)
-    assert abs(recorded - requests / RUN_SECONDS) <= 0.10 * requests / RUN_SECONDS, recorded
+    for rule in ("testbed:site_qps", "testbed:site_qps_from_logs"):
+        recorded = scalar(f"avg_over_time({rule}[10s])", end - 2)
+        assert abs(recorded - requests / RUN_SECONDS) <= 0.10 * requests / RUN_SECONDS, (
+            rule,
+            recorded,
+        )
+
+
+LOG_WEB = next(h.name for h in monitoring.log_senders(TOPOLOGY) if h.has_role("web"))
+
+
+def test_log_parsing_counts_failed_ssh_logins_and_firewall_drops_by_host(
+    machines: dict[str, testinfra.host.Host], ssh_config: Path
+) -> None:
+    """mtail on the monitor reads every host's shipped log: an SSH login as a user sshd
+    does not let in, and a connection the web host's own firewall refuses, each show up
+    in Prometheus under that host."""
+    failed = (
+        f'sum(log_sshd_failed_logins_total{{host="{LOG_WEB}",user_kind="invalid"}}) or vector(0)'
+    )
+    drops = f'sum(log_firewall_drops_total{{host="{LOG_WEB}",kind="egress"}}) or vector(0)'
+    failed_before, drops_before = scalar(failed), scalar(drops)
+    user = f"testbed-nobody-{os.getpid()}"
+    res = subprocess.run(
+        ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", "-l", user, LOG_WEB, "true"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode != 0, f"{user} logged in to {LOG_WEB}"
+    # A port no flow uses, toward the monitor: the web host's egress refuses and logs it
+    # (ulogd logs at most 10 a minute, so it is tried again until one counts).
+    address = monitoring.syslog_target(TOPOLOGY, TOPOLOGY.hosts[LOG_WEB])
+    port = 40000 + os.getpid() % 20000
+    assert port not in {f.port for f in TOPOLOGY.flows}
+
+    def counted() -> bool:
+        machines[LOG_WEB].run(f"nc -z -w 1 {address} {port}")
+        return scalar(failed) > failed_before and scalar(drops) > drops_before
+
+    assert eventually(counted, 45, 3), (
+        f"failed logins {failed_before} -> {scalar(failed)}, "
+        f"egress drops {drops_before} -> {scalar(drops)} on {LOG_WEB}"
+    )
 
 
 def _alerts(machine: testinfra.host.Host) -> list[dict[str, object]]:

@@ -26,6 +26,8 @@ AGENT_LISTEN = "127.0.0.1:9091"
 """Prometheus in agent mode on every host (scrapes the exporters, pushes to the monitor)."""
 ALERTMANAGER_LISTEN = "127.0.0.1:9093"
 ALERT_RECEIVER_LISTEN = "127.0.0.1:9095"
+MTAIL_LISTEN = "127.0.0.1:3903"
+"""mtail on the monitor: metrics it derives from the central logs (docs/monitoring.md)."""
 """The monitor's webhook receiver: keeps the alerts Alertmanager sent, for the tests."""
 
 

@@ -18,6 +18,9 @@ class Target:
     address: str
     role: str
     path: str = "/metrics"
+    labels_from_source: bool = False
+    """The exporter's own `host` label wins over the scraping host's (honor_labels): mtail
+    counts other hosts' log lines, each under the host that logged it."""
 
 
 def monitor_host(topology: Topology) -> Host | None:
@@ -45,6 +48,8 @@ def targets(topology: Topology, host: Host) -> list[Target]:
         found.append(Target("app", layout.APP_LISTEN, "app"))
     if host.has_role("db-primary") or host.has_role("db-replica"):
         found.append(Target("mysqld", layout.MYSQLD_EXPORTER_LISTEN, "db"))
+    if host.has_role("monitor"):
+        found.append(Target("mtail", layout.MTAIL_LISTEN, "monitor", labels_from_source=True))
     return found
 
 

@@ -163,7 +163,11 @@ def test_a_sender_forwards_everything_over_verified_tls_with_a_disk_assisted_que
     for host in monitoring.log_senders(topo):
         text = config_of(topo, host)
         files = [t.file for t in logs.tailed(host)]
-        assert setting(text, "type") == ["omfwd"] + ["imfile"] * len(files)
+        # A balancer also keeps HAProxy's lines in their own file (omfile), after shipping.
+        local = ["/var/log/haproxy.log"] if host.has_role("lb") else []
+        assert setting(text, "type") == ["omfwd"] + ["omfile"] * len(local) + ["imfile"] * len(
+            files
+        )
         assert setting(text, "target") == [str(topo.address_for(host, mon))]
         assert setting(text, "port") == [str(topo.port("syslog-tls"))]
         assert setting(text, "protocol") == ["tcp"]
@@ -180,7 +184,7 @@ def test_a_sender_forwards_everything_over_verified_tls_with_a_disk_assisted_que
         # Everything this host logs goes through the ruleset holding the forward, and the
         # files of programs that do not log to syslog are read into it.
         assert re.search(r"^call testbed-ship$", text, flags=re.MULTILINE)
-        assert setting(text, "file") == files
+        assert setting(text, "file") == local + files
         assert setting(text, "ruleset") == ["testbed-ship"] * len(files)
         assert "imtcp" not in text  # a sender listens on nothing
 
@@ -522,3 +526,23 @@ def test_logs_names_the_monitor_when_it_has_no_log_folder(local_monitor: Path) -
     local_monitor.rmdir()
     with pytest.raises(ops.TaskError, match=r"^monitor: no .*: is the logs role deployed"):
         ops.logs("seed", None)
+
+
+@pytest.mark.parametrize("name", TOPOLOGIES)
+def test_haproxy_s_request_lines_are_shipped_before_anything_stops_them(name: str) -> None:
+    """Debian's haproxy package stops its lines in /var/log/haproxy.log (49-haproxy.conf,
+    read before ours): they never reached the monitor. The deploy's version keeps only the
+    chroot's socket; the local file is written after the ship, by the sender's config."""
+    topo = load(name)
+    for host in topo.with_role("lb"):
+        ours = files_of(topo, host)["/etc/rsyslog.d/49-haproxy.conf"].data.decode()
+        rules = [line for line in ours.splitlines() if line and not line.startswith("#")]
+        assert rules == ["$AddUnixListenSocket /var/lib/haproxy/dev/log"]
+        text = config_of(topo, host)
+        ship = text.index("\ncall testbed-ship\n")
+        local = text.index(':programname, startswith, "haproxy"')
+        assert ship < local and "stop" in text[local:]
+    for host in topo:
+        if not host.has_role("lb") and host in monitoring.log_senders(topo):
+            assert "/etc/rsyslog.d/49-haproxy.conf" not in files_of(topo, host)
+            assert "haproxy" not in config_of(topo, host)

@@ -66,6 +66,18 @@ class Tailed:
     severity: str
 
 
+HAPROXY_RSYSLOG = "/etc/rsyslog.d/49-haproxy.conf"
+HAPROXY_RSYSLOG_TEXT = """\
+# Managed by webinfra-testbed (provision/roles/logs): haproxy's package file, changed.
+# HAProxy runs chrooted and logs to this socket inside the chroot. Debian's version then
+# writes its lines to /var/log/haproxy.log and stops them there, before
+# 60-webinfra-testbed.conf could ship them to the monitor; that rule moved into that file,
+# after the shipping.
+$AddUnixListenSocket /var/lib/haproxy/dev/log
+"""
+HAPROXY_LOCAL_LOG = "/var/log/haproxy.log"
+
+
 def tailed(host: Host) -> list[Tailed]:
     """The files `host`'s rsyslog reads and ships: the firewall's drops on every host,
     nginx's logs on a web server."""
@@ -89,6 +101,7 @@ def config(topo: Topology, host: Host) -> str:
         "port": topo.port("syslog-tls"),
         "tailed": tailed(host),
         "host": host,
+        "haproxy_log": HAPROXY_LOCAL_LOG if host.has_role("lb") else None,
     }
     if host is mon:
         return render(
@@ -178,6 +191,17 @@ def steps(ctx: HostContext) -> list[Step]:
             ),
         ),
     ]
+    if host.has_role("lb"):
+        result.insert(
+            -1,
+            File(
+                HAPROXY_RSYSLOG,
+                HAPROXY_RSYSLOG_TEXT,
+                validate_in_place="rsyslogd -N1",
+                notify=restart,
+                name="Ensure HAProxy's request lines are shipped too (not stopped locally).",
+            ),
+        )
     if receiving:
         result.append(
             File(

@@ -23,11 +23,54 @@ from provision.engine import (
     restart_handler,
     role_script,
 )
+from provision.engine.steps import ROLES_DIR
 from provision.topology import Host, Topology
 
 RETENTION = "1d"
 RECEIVER_SCRIPT = "/usr/local/lib/webinfra-testbed/alert-receiver.py"
 EXAMPLES = "/usr/share/doc/prometheus/examples"
+
+
+MTAIL_PROGRAMS = ("haproxy.mtail", "nginx.mtail", "sshd.mtail", "firewall.mtail")
+"""Log parsing (files/mtail/): metrics from the central logs every host ships here."""
+MTAIL_LOGS = "/var/log/remote/*.log"
+MTAIL_CHECK = (
+    # mtail compiles only files named *.mtail: check a copy with that name.
+    'd=$(mktemp -d) && cp {path} "$d/check.mtail" && '
+    'mtail --compile_only --progs "$d/check.mtail"; r=$?; rm -rf "$d"; exit $r'
+)
+
+
+def mtail_steps(topo: Topology) -> list[Step]:
+    """mtail reads every host's log file as rsyslog writes it and exports what it counts on
+    loopback, for this host's Prometheus (monitoring.targets)."""
+    host, port = layout.host_of(layout.MTAIL_LISTEN), layout.port_of(layout.MTAIL_LISTEN)
+    return [
+        *(
+            File(
+                f"/etc/mtail/{program}",
+                (ROLES_DIR / "monitor" / "files" / "mtail" / program).read_text(),
+                validate=MTAIL_CHECK,
+                notify=["restart mtail"],
+                name=f"Ensure the log parser {program} is up to date.",
+            )  # fmt: skip
+            for program in MTAIL_PROGRAMS
+        ),
+        Command(
+            "Ensure mtail may read the central logs (group adm, like the files).",
+            check='id -nG mtail | grep -qw adm && [ "$(stat -c %G /var/log/remote)" = adm ]',
+            run="usermod -aG adm mtail && install -d -m 0750 -o root -g adm /var/log/remote",
+            notify=["restart mtail"],
+        ),
+        File(
+            "/etc/default/mtail",
+            "# Managed by webinfra-testbed (provision/roles/monitor).\n"
+            f"LOGS='{MTAIL_LOGS}'\nHOST={host}\nPORT={port}\nEXTRA_ARGS=\n",
+            notify=["restart mtail"],
+            name="Ensure mtail reads the central logs and answers on loopback only.",
+        ),
+        Service("mtail", name="Ensure mtail is running."),
+    ]
 
 
 def _default(args: str) -> str:
@@ -74,8 +117,8 @@ def steps(ctx: HostContext) -> list[Step]:
     web_config = f"--web.config.file={monitoring.WEB_CONFIG} " if tls else ""
     return [
         Packages(
-            ("prometheus", "prometheus-alertmanager"),
-            name="Ensure Prometheus and Alertmanager are installed.",
+            ("prometheus", "prometheus-alertmanager", "mtail"),
+            name="Ensure Prometheus, Alertmanager and mtail are installed.",
         ),
         *(tls_steps(topo, host) if tls else []),
         Command(
@@ -140,6 +183,7 @@ def steps(ctx: HostContext) -> list[Step]:
             name="Ensure Prometheus receives remote writes and keeps a day of data.",
         ),
         Service("prometheus", name="Ensure Prometheus is running."),
+        *mtail_steps(topo),
         File(
             "/etc/prometheus/alertmanager.yml",
             render("monitor", "alertmanager.yml.j2", receiver=layout.ALERT_RECEIVER_LISTEN),
@@ -189,5 +233,6 @@ ROLE = Role(
         reload_handler("prometheus"),
         restart_handler("prometheus-alertmanager"),
         restart_handler("alert-receiver"),
+        restart_handler("mtail"),
     ],
 )
