@@ -277,7 +277,7 @@ def test_a_second_writable_database_node_fires_and_resolves_the_split_brain_aler
 
 def test_the_dashboard_renders_every_section_with_live_values() -> None:
     page = prometheus_get(TOPOLOGY, "/consoles/testbed.html").decode()
-    for section in ("Site", "Servers", "Database", "Active alerts"):
+    for section in ("Site", "Servers", "From the logs", "Database", "Active alerts"):
         assert f"<h2>{section}</h2>" in page
     for host in monitoring.reporting_hosts(TOPOLOGY):
         assert f"<td>{host.name}</td>" in page

@@ -164,6 +164,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 "testbed.html.j2",
                 comment="{{/*",
                 hosts=list(topo),
+                log_hosts=[h.name for h in monitoring.reporting_hosts(topo)],
                 db_hosts=dbcluster.db_hosts(topo),
             ).replace("local edits are overwritten.\n", "local edits are overwritten. */}}\n", 1),
             name="Ensure the dashboard is up to date.",
