@@ -39,8 +39,11 @@ SEED_OPEN = {
     ("lb1", "monitor", MONITOR, 6514),
     ("web1", "monitor", MONITOR, 6514),
     ("web2", "monitor", MONITOR, 6514),
-    # The monitor reads HAProxy's stats and metrics from the balancer (8404).
+    # The monitor reads HAProxy's stats and metrics from the balancer (8404), and checks the
+    # site there as a user would (blackbox exporter): HTTPS, and the redirect on 80.
     ("monitor", "lb1", LB1, 8404),
+    ("monitor", "lb1", LB1, 443),
+    ("monitor", "lb1", LB1, 80),
 }
 """(source, destination, address, port) that must connect; every other probe must not."""
 

@@ -102,15 +102,26 @@ SITE_COUNTS = {
 
 
 def test_three_independent_counts_of_the_site_s_requests_agree_with_locust(
-    tmp_path: Path,
+    tmp_path: Path, machines: dict[str, testinfra.host.Host]
 ) -> None:
     """Locust's own count, HAProxy's exporter and mtail's count of HAProxy's log lines (three
     ways of collecting, none derived from another) agree within 1 % over a fixed-rate run."""
-    time.sleep(6)  # a scrape after any earlier traffic: the counters are flat now
-    start = time.time()
-    before = {name: scalar(expr, start) for name, expr in SITE_COUNTS.items()}
-    requests = _locust_run(tmp_path, users=10, rate=2.0, seconds=RUN_SECONDS)
-    end = time.time()
+    # The monitor's own synthetic checks of the site are requests Locust does not make: the
+    # blackbox exporter is stopped for the count (its scrapes then fail; nothing is sent).
+    monitor = machines[MONITOR.name]
+    monitor.check_output("systemctl stop prometheus-blackbox-exporter")
+    try:
+        time.sleep(6)  # a scrape after any earlier traffic: the counters are flat now
+        start = time.time()
+        before = {name: scalar(expr, start) for name, expr in SITE_COUNTS.items()}
+        requests = _locust_run(tmp_path, users=10, rate=2.0, seconds=RUN_SECONDS)
+        end = time.time()
+        _three_counts_agree(requests, before, end)
+    finally:
+        monitor.check_output("systemctl start prometheus-blackbox-exporter")
+
+
+def _three_counts_agree(requests: int, before: dict[str, float], end: float) -> None:
 
     def counts() -> dict[str, float]:
         now = time.time()
@@ -138,6 +149,70 @@ def test_three_independent_counts_of_the_site_s_requests_agree_with_locust(
             rule,
             recorded,
         )
+
+
+PROBES = monitoring.probes(TOPOLOGY)
+
+
+def test_the_monitor_s_synthetic_checks_of_the_site_and_its_ports_pass() -> None:
+    """The blackbox exporter checks, from the monitor, the site on each balancer as a
+    browser would (a certificate chaining to the testbed CA and naming the site, HSTS), the
+    301 to HTTPS on port 80, and a TCP connect to each port the monitor may reach."""
+
+    def passing() -> dict[tuple[str, str], str]:
+        return {
+            (r["metric"]["job"], r["metric"]["instance"]): r["value"][1]  # type: ignore[index]
+            for r in query('probe_success{job=~"probe-.+"}')
+        }
+
+    want = {(f"probe-{p.module}", p.target) for p in PROBES}
+    assert want, "the topology gives the monitor nothing to check"
+
+    def all_pass() -> bool:
+        seen = passing()
+        return set(seen) >= want and all(seen[k] == "1" for k in want)
+
+    if not eventually(all_pass, 30):
+        seen = passing()
+        failing = sorted(k for k in want & set(seen) if seen[k] != "1")
+        raise AssertionError(f"failing: {failing}; missing: {sorted(want - set(seen))}")
+    redirects = query('probe_http_status_code{job="probe-site_redirect"}')
+    assert {r["value"][1] for r in redirects} == {"301"}  # type: ignore[index]
+    # The certificate each balancer serves: valid now, and a short-lived one (90 days).
+    for r in query('(probe_ssl_earliest_cert_expiry{job="probe-site_https"} - time()) / 86400'):
+        days = float(r["value"][1])  # type: ignore[index]
+        assert 0 < days <= 90, (r["metric"], days)  # type: ignore[index]
+
+
+def test_a_balancer_whose_haproxy_stops_fires_and_resolves_the_site_probe_alert(
+    machines: dict[str, testinfra.host.Host], endpoints: object
+) -> None:
+    """HAProxy stopped on a balancer that does not hold the site's floating address (with
+    one balancer, the site itself is down meanwhile): its site check fails, the alert
+    fires for that balancer, and resolves once HAProxy is back."""
+    from provision.engine import Remote
+
+    balancers = [h.name for h in TOPOLOGY.with_role("lb")]
+    vips = [str(v.address) for v in TOPOLOGY.vips.values()]
+    holding = set()
+    for name in balancers:
+        with Remote(TOPOLOGY.hosts[name], endpoints[name]) as r:  # type: ignore[index]
+            if any(f" {v}/" in r.run("ip -o -4 addr show").stdout for v in vips):
+                holding.add(name)
+    lb = next(n for n in balancers if n not in holding) if len(balancers) > 1 else balancers[0]
+    recorder = machines[MONITOR.name]
+    stopped = time.time()
+    machines[lb].check_output("systemctl stop haproxy")
+    try:
+        fired = _wait_alert(recorder, "SiteProbeFailing", "firing", stopped, host=lb)
+    finally:
+        started = time.time()
+        machines[lb].check_output("systemctl start haproxy")
+    resolved = _wait_alert(recorder, "SiteProbeFailing", "resolved", started, host=lb)
+    print(
+        f"\nSiteProbeFailing for {lb}: fired {fired:.1f} s after haproxy stopped, "
+        f"resolved {resolved:.1f} s after it started"
+    )
 
 
 LOG_WEB = next(h.name for h in monitoring.log_senders(TOPOLOGY) if h.has_role("web"))
@@ -277,7 +352,8 @@ def test_a_second_writable_database_node_fires_and_resolves_the_split_brain_aler
 
 def test_the_dashboard_renders_every_section_with_live_values() -> None:
     page = prometheus_get(TOPOLOGY, "/consoles/testbed.html").decode()
-    for section in ("Site", "Servers", "From the logs", "Database", "Active alerts"):
+    sections = ("Site", "Servers", "Synthetic checks", "From the logs", "Database", "Active alerts")
+    for section in sections:
         assert f"<h2>{section}</h2>" in page
     for host in monitoring.reporting_hosts(TOPOLOGY):
         assert f"<td>{host.name}</td>" in page

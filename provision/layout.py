@@ -27,6 +27,8 @@ AGENT_LISTEN = "127.0.0.1:9091"
 ALERTMANAGER_LISTEN = "127.0.0.1:9093"
 ALERT_RECEIVER_LISTEN = "127.0.0.1:9095"
 MTAIL_LISTEN = "127.0.0.1:3903"
+BLACKBOX_LISTEN = "127.0.0.1:9115"
+"""The blackbox exporter on the monitor: the synthetic checks (monitoring.probes)."""
 """mtail on the monitor: metrics it derives from the central logs (docs/monitoring.md)."""
 """The monitor's webhook receiver: keeps the alerts Alertmanager sent, for the tests."""
 

@@ -50,7 +50,60 @@ def targets(topology: Topology, host: Host) -> list[Target]:
         found.append(Target("mysqld", layout.MYSQLD_EXPORTER_LISTEN, "db"))
     if host.has_role("monitor"):
         found.append(Target("mtail", layout.MTAIL_LISTEN, "monitor", labels_from_source=True))
+        found.append(Target("blackbox", layout.BLACKBOX_LISTEN, "monitor"))
     return found
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A synthetic check the monitor's blackbox exporter runs, as a client would."""
+
+    module: str
+    """The blackbox module (templates/blackbox.yml.j2): site_https, site_redirect, tcp_connect."""
+    target: str
+    host: str
+    """The host checked (the series' `host` label), not the monitor that checks it."""
+    role: str
+    service: str
+    """The name under `ports:` of the port checked."""
+
+
+SITE_MODULES = {"site-https": ("site_https", "https"), "site-http": ("site_redirect", "http")}
+NO_TCP_PROBE = {"mysql"}
+"""Ports a bare connect must not touch: MariaDB counts a connection closed before its
+handshake as an error of the client's host, and refuses that host (the monitor, whose
+controller promotes replicas) after max_connect_errors of them. The dbcheck agent beside
+each node answers for it."""
+
+
+def probes(topology: Topology) -> list[Probe]:
+    """Every check the monitor runs: a TCP connect to each port a flow lets it reach, and on
+    the site's ports of each balancer, the site itself (HTTPS for the site's name, with the
+    testbed CA) and the redirect to HTTPS. Only what the topology's flows allow the monitor
+    to reach, each at the address the firewall lets it use."""
+    mon = monitor_host(topology)
+    if mon is None:
+        return []
+    found: list[Probe] = []
+    for flow in topology.flows:
+        if flow.proto != "tcp" or not mon.has_role(flow.source) or flow.service in NO_TCP_PROBE:
+            continue
+        for dest in topology.with_role(flow.dest):
+            if dest is mon:
+                continue
+            for net in topology.shared_networks(mon, dest):
+                if not topology.is_allowed(mon.name, dest.name, net, flow.port):
+                    continue
+                address = dest.addresses[net]
+                role = ",".join(dest.roles)
+                found.append(
+                    Probe("tcp_connect", f"{address}:{flow.port}", dest.name, role, flow.service)
+                )
+                if flow.service in SITE_MODULES:
+                    module, scheme = SITE_MODULES[flow.service]
+                    url = f"{scheme}://{address}:{flow.port}/"
+                    found.append(Probe(module, url, dest.name, role, flow.service))
+    return sorted(set(found), key=lambda p: (p.module, p.host, p.target))
 
 
 AGENT_USER = "agent"

@@ -41,6 +41,14 @@ MTAIL_CHECK = (
 )
 
 
+def probe_jobs(topo: Topology) -> dict[str, list[monitoring.Probe]]:
+    """monitoring.probes by blackbox module: one scrape job each."""
+    jobs: dict[str, list[monitoring.Probe]] = {}
+    for probe in monitoring.probes(topo):
+        jobs.setdefault(probe.module, []).append(probe)
+    return jobs
+
+
 def mtail_steps(topo: Topology) -> list[Step]:
     """mtail reads every host's log file as rsyslog writes it and exports what it counts on
     loopback, for this host's Prometheus (monitoring.targets)."""
@@ -71,6 +79,31 @@ def mtail_steps(topo: Topology) -> list[Step]:
         ),
         Service("mtail", name="Ensure mtail is running."),
     ]
+
+
+BLACKBOX_CONFIG = "/etc/prometheus/blackbox.yml"
+BLACKBOX_CA = "/etc/prometheus/blackbox-ca.crt"
+"""The testbed CA, which the site's certificate must chain to for a site check to pass."""
+
+
+def blackbox_steps(topo: Topology) -> list[Step]:
+    """The blackbox exporter: synthetic checks of what the monitor can reach, run when
+    Prometheus scrapes /probe (its jobs come from monitoring.probes)."""
+    return [
+        File(BLACKBOX_CA, secrets.ca().cert_pem, notify=["restart prometheus-blackbox-exporter"],
+             name="Ensure the blackbox exporter trusts the testbed CA (and only it)."),
+        File(BLACKBOX_CONFIG,
+             render("monitor", "blackbox.yml.j2", site=topo.site.names[0], ca_file=BLACKBOX_CA),
+             validate="prometheus-blackbox-exporter --config.check --config.file {path}",
+             notify=["restart prometheus-blackbox-exporter"],
+             name="Ensure the synthetic checks (blackbox modules) are up to date."),
+        File("/etc/default/prometheus-blackbox-exporter",
+             _default(f"--config.file={BLACKBOX_CONFIG} "
+                      f"--web.listen-address={layout.BLACKBOX_LISTEN}"),
+             notify=["restart prometheus-blackbox-exporter"],
+             name="Ensure the blackbox exporter answers on loopback only."),
+        Service("prometheus-blackbox-exporter", name="Ensure the blackbox exporter is running."),
+    ]  # fmt: skip
 
 
 def _default(args: str) -> str:
@@ -117,8 +150,8 @@ def steps(ctx: HostContext) -> list[Step]:
     web_config = f"--web.config.file={monitoring.WEB_CONFIG} " if tls else ""
     return [
         Packages(
-            ("prometheus", "prometheus-alertmanager", "mtail"),
-            name="Ensure Prometheus, Alertmanager and mtail are installed.",
+            ("prometheus", "prometheus-alertmanager", "mtail", "prometheus-blackbox-exporter"),
+            name="Ensure Prometheus, Alertmanager, mtail and the blackbox exporter are installed.",
         ),
         *(tls_steps(topo, host) if tls else []),
         Command(
@@ -145,6 +178,8 @@ def steps(ctx: HostContext) -> list[Step]:
                 "prometheus.yml.j2",
                 host=host,
                 targets=monitoring.targets(topo, host),
+                probes=probe_jobs(topo),
+                blackbox=layout.BLACKBOX_LISTEN,
                 interval=monitoring.SCRAPE_INTERVAL,
                 alertmanager=layout.ALERTMANAGER_LISTEN,
                 prometheus_port=topo.port("prometheus"),
@@ -165,6 +200,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 comment="{{/*",
                 hosts=list(topo),
                 log_hosts=[h.name for h in monitoring.reporting_hosts(topo)],
+                probes=monitoring.probes(topo),
                 db_hosts=dbcluster.db_hosts(topo),
             ).replace("local edits are overwritten.\n", "local edits are overwritten. */}}\n", 1),
             name="Ensure the dashboard is up to date.",
@@ -185,6 +221,7 @@ def steps(ctx: HostContext) -> list[Step]:
         ),
         Service("prometheus", name="Ensure Prometheus is running."),
         *mtail_steps(topo),
+        *blackbox_steps(topo),
         File(
             "/etc/prometheus/alertmanager.yml",
             render("monitor", "alertmanager.yml.j2", receiver=layout.ALERT_RECEIVER_LISTEN),
@@ -235,5 +272,6 @@ ROLE = Role(
         restart_handler("prometheus-alertmanager"),
         restart_handler("alert-receiver"),
         restart_handler("mtail"),
+        restart_handler("prometheus-blackbox-exporter"),
     ],
 )

@@ -1,0 +1,62 @@
+"""provision.monitoring.probes: the synthetic checks the monitor runs (blackbox exporter),
+and the mtail programs' compile check. Pure logic; no machine involved."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from provision import monitoring
+from provision.engine import File, HostContext
+from provision.roles import monitor
+from provision.topology import load
+
+
+def test_seed_checks_the_site_and_the_balancer_s_ports_at_its_private_address() -> None:
+    # Written by hand from the seed design: the monitor shares only the private network
+    # with lb1 (192.168.57.10); it may reach HAProxy's stats port and the site's ports.
+    found = {(p.module, p.target, p.host, p.service) for p in monitoring.probes(load("seed"))}
+    assert found == {
+        ("site_https", "https://192.168.57.10:443/", "lb1", "site-https"),
+        ("site_redirect", "http://192.168.57.10:80/", "lb1", "site-http"),
+        ("tcp_connect", "192.168.57.10:443", "lb1", "site-https"),
+        ("tcp_connect", "192.168.57.10:80", "lb1", "site-http"),
+        ("tcp_connect", "192.168.57.10:8404", "lb1", "haproxy-stats"),
+    }
+
+
+def test_hardened_checks_each_balancer_and_never_connects_bare_to_mariadb() -> None:
+    topo = load("hardened")
+    probes = monitoring.probes(topo)
+    site = {p.host for p in probes if p.module == "site_https"}
+    assert site == {h.name for h in topo.with_role("lb")}
+    assert not [p for p in probes if p.service == "mysql"]
+    # The database nodes' agents are checked instead (the controller's flow).
+    db = {p.host for p in probes if p.service == "dbcheck"}
+    assert db == {h.name for h in topo.in_tier("db")}
+    # Every check goes where a flow lets the monitor go, at that address.
+    mon = monitoring.monitor_host(topo)
+    assert mon is not None
+    for p in probes:
+        address, port = p.target.split("//")[-1].rstrip("/").rsplit(":", 1)
+        net = next(n for n, a in topo.hosts[p.host].addresses.items() if str(a) == address)
+        assert topo.is_allowed(mon.name, p.host, net, int(port)), p
+
+
+@pytest.mark.usefixtures("offline_roles")
+def test_every_check_is_a_scrape_job_of_the_central_prometheus() -> None:
+    for name in ("seed", "hardened"):
+        topo = load(name)
+        mon = monitoring.monitor_host(topo)
+        assert mon is not None
+        steps = monitor.steps(HostContext(topo, mon, {}))
+        files = {s.path: s for s in steps if isinstance(s, File)}
+        config = yaml.safe_load(files["/etc/prometheus/prometheus.yml"].data)
+        jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+        for probe in monitoring.probes(topo):
+            job = jobs[f"probe-{probe.module}"]
+            assert job["params"] == {"module": [probe.module]}
+            targets = [(t["targets"], t["labels"]["host"]) for t in job["static_configs"]]
+            assert ([probe.target], probe.host) in targets
+            # Sent to the blackbox exporter on loopback, never to the target itself.
+            assert job["relabel_configs"][-1]["replacement"] == "127.0.0.1:9115"
