@@ -153,6 +153,22 @@ def machines(ssh_config: Path) -> Iterator[dict[str, testinfra.host.Host]]:
     yield {name: connect(name, ssh_config) for name in HOST_NAMES}
 
 
+@pytest.fixture
+def synthetic_checks_paused(machines: dict[str, testinfra.host.Host]) -> Iterator[None]:
+    """The monitor's blackbox exporter stopped for one test: its checks of the site are
+    requests too (one per balancer every 5 s), in the web servers' round-robin and in the
+    balancers' counters, which a test that counts or orders requests must not see."""
+    from provision import monitoring
+
+    mon = monitoring.monitor_host(TOPOLOGY)
+    assert mon is not None
+    machines[mon.name].check_output("systemctl stop prometheus-blackbox-exporter")
+    try:
+        yield
+    finally:
+        machines[mon.name].check_output("systemctl start prometheus-blackbox-exporter")
+
+
 @pytest.fixture(scope="session")
 def power(endpoints: dict[str, Endpoint]) -> Power:
     """Stops and starts whole machines (Vagrant, or the inventory's power commands)."""

@@ -233,6 +233,7 @@ def test_http_with_a_foreign_host_is_sent_to_the_site_not_to_that_host() -> None
     assert reply.header("location") == f"https://{SITE}/x"
 
 
+@pytest.mark.usefixtures("synthetic_checks_paused")
 def test_twenty_requests_alternate_between_the_web_servers() -> None:
     served = [request("GET", "/health").header("x-served-by") for _ in range(20)]
     webs = sorted(h.name for h in TOPOLOGY.with_role("web"))

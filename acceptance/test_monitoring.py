@@ -9,6 +9,7 @@ at 127.0.0.1 only.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -21,9 +22,11 @@ import pytest
 import testinfra
 
 from acceptance.conftest import TOPOLOGY
+from acceptance.remote_write import snappy_block, write_request
 from acceptance.site import SITE_CLIENT
 from provision import PROJECT_ROOT, dbcluster, layout, monitoring
 from provision.testkit import prometheus_get
+from provision.topology import Host
 
 MONITOR = monitoring.monitor_host(TOPOLOGY)
 assert MONITOR is not None
@@ -101,24 +104,18 @@ SITE_COUNTS = {
 }
 
 
-def test_three_independent_counts_of_the_site_s_requests_agree_with_locust(
-    tmp_path: Path, machines: dict[str, testinfra.host.Host]
-) -> None:
+@pytest.mark.usefixtures("synthetic_checks_paused")
+def test_three_independent_counts_of_the_site_s_requests_agree_with_locust(tmp_path: Path) -> None:
     """Locust's own count, HAProxy's exporter and mtail's count of HAProxy's log lines (three
     ways of collecting, none derived from another) agree within 1 % over a fixed-rate run."""
-    # The monitor's own synthetic checks of the site are requests Locust does not make: the
-    # blackbox exporter is stopped for the count (its scrapes then fail; nothing is sent).
-    monitor = machines[MONITOR.name]
-    monitor.check_output("systemctl stop prometheus-blackbox-exporter")
-    try:
-        time.sleep(6)  # a scrape after any earlier traffic: the counters are flat now
-        start = time.time()
-        before = {name: scalar(expr, start) for name, expr in SITE_COUNTS.items()}
-        requests = _locust_run(tmp_path, users=10, rate=2.0, seconds=RUN_SECONDS)
-        end = time.time()
-        _three_counts_agree(requests, before, end)
-    finally:
-        monitor.check_output("systemctl start prometheus-blackbox-exporter")
+    # The monitor's own synthetic checks of the site are requests Locust does not make: they
+    # are paused for the count (synthetic_checks_paused).
+    time.sleep(6)  # a scrape after any earlier traffic: the counters are flat now
+    start = time.time()
+    before = {name: scalar(expr, start) for name, expr in SITE_COUNTS.items()}
+    requests = _locust_run(tmp_path, users=10, rate=2.0, seconds=RUN_SECONDS)
+    end = time.time()
+    _three_counts_agree(requests, before, end)
 
 
 def _three_counts_agree(requests: int, before: dict[str, float], end: float) -> None:
@@ -386,3 +383,60 @@ def test_the_monitor_takes_pushes_over_https_from_its_agent_user_only(
     login = f"-u {monitoring.AGENT_USER}:$(cat {monitoring.AGENT_PASSWORD_FILE})"
     good = host.run(f"{resolve} {ca} {login} {name_url}").stdout
     assert good not in ("401", "000"), f"the agent's own login: {good}"
+
+
+@pytest.mark.skipif(
+    not TOPOLOGY.option("monitor_tls"),
+    reason=f"{TOPOLOGY.name} takes pushes in clear (no monitor_tls)",
+)
+def test_a_forged_series_pushed_without_the_agent_s_login_is_refused_and_not_stored(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    """A real remote-write request (a series and a sample, protobuf and snappy) pushed from
+    an agent's host without the login, with a wrong one, and from the outside client: none
+    is stored. The same request with the agent's login is (so the refusals are not about a
+    malformed request)."""
+    assert MONITOR is not None
+    agent = next(h for h in monitoring.reporting_hosts(TOPOLOGY) if h is not MONITOR)
+    client = TOPOLOGY.with_role("client")[0]
+    name = f"testbed_forged_series_{os.getpid()}"
+    port = TOPOLOGY.port("prometheus")
+    headers = (
+        "-H 'Content-Encoding: snappy' -H 'Content-Type: application/x-protobuf' "
+        "-H 'X-Prometheus-Remote-Write-Version: 0.1.0'"
+    )
+
+    def push(host: Host, attempt: str, auth: str) -> str:
+        body = snappy_block(
+            write_request({"__name__": name, "attempt": attempt}, 1.0, int(time.time() * 1000))
+        )
+        address = TOPOLOGY.address_for(host, MONITOR)
+        url = f"https://{MONITOR.name}:{port}/api/v1/write"
+        ca = f"--cacert {monitoring.CA_FILE}" if host is agent else "-k"
+        return (
+            machines[host.name]
+            .run(
+                f"echo {base64.b64encode(body).decode()} | base64 -d | "
+                f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {ca} {auth} {headers} "
+                f"--resolve {MONITOR.name}:{port}:{address} --data-binary @- {url}"
+            )
+            .stdout
+        )
+
+    refused = {
+        "no-login": push(agent, "no-login", ""),
+        "wrong-login": push(agent, "wrong-login", f"-u {monitoring.AGENT_USER}:wrong"),
+        "client": push(client, "client", f"-u {monitoring.AGENT_USER}:guessed"),
+    }
+    stored = push(
+        agent, "agent", f"-u {monitoring.AGENT_USER}:$(cat {monitoring.AGENT_PASSWORD_FILE})"
+    )
+    assert stored == "204", f"the agent's own push of the same request: HTTP {stored}"
+    assert refused["no-login"] == refused["wrong-login"] == "401", refused
+    assert refused["client"] == "000", f"the client reached the monitor: {refused}"
+
+    def attempts() -> set[str]:
+        return {r["metric"]["attempt"] for r in query(f"last_over_time({name}[5m])")}  # type: ignore[index]
+
+    assert eventually(lambda: "agent" in attempts(), 15), "the agent's push was not stored"
+    assert attempts() == {"agent"}, f"stored without the login: {attempts() - {'agent'}}"

@@ -26,11 +26,11 @@ AGENT_LISTEN = "127.0.0.1:9091"
 """Prometheus in agent mode on every host (scrapes the exporters, pushes to the monitor)."""
 ALERTMANAGER_LISTEN = "127.0.0.1:9093"
 ALERT_RECEIVER_LISTEN = "127.0.0.1:9095"
+"""The monitor's webhook receiver: keeps the alerts Alertmanager sent, for the tests."""
 MTAIL_LISTEN = "127.0.0.1:3903"
+"""mtail on the monitor: metrics it derives from the central logs (docs/monitoring.md)."""
 BLACKBOX_LISTEN = "127.0.0.1:9115"
 """The blackbox exporter on the monitor: the synthetic checks (monitoring.probes)."""
-"""mtail on the monitor: metrics it derives from the central logs (docs/monitoring.md)."""
-"""The monitor's webhook receiver: keeps the alerts Alertmanager sent, for the tests."""
 
 
 def port_of(listen: str) -> int:

@@ -60,3 +60,38 @@ def test_every_check_is_a_scrape_job_of_the_central_prometheus() -> None:
             assert ([probe.target], probe.host) in targets
             # Sent to the blackbox exporter on loopback, never to the target itself.
             assert job["relabel_configs"][-1]["replacement"] == "127.0.0.1:9115"
+
+
+def test_the_hand_built_remote_write_request_has_the_documented_bytes() -> None:
+    # Worked by hand from protobuf's encoding rules and prometheus/prompb/types.proto:
+    # Label{name="a", value="b"} = 0a 01 61 12 01 62; Sample{value=1.0, timestamp=5} =
+    # 09 <1.0 as little-endian double> 10 05; TimeSeries = 0a 06 <label> 12 0b <sample>;
+    # WriteRequest = 0a 15 <series>.
+    from acceptance.remote_write import snappy_block, write_request
+
+    label = bytes.fromhex("0a01611201 62".replace(" ", ""))
+    sample = bytes.fromhex("09000000000000f03f1005")
+    series = b"\x0a\x06" + label + b"\x12\x0b" + sample
+    assert write_request({"a": "b"}, 1.0, 5) == b"\x0a\x15" + series
+    # Snappy: the length as a varint, then one literal element (tag (n-1) << 2).
+    assert snappy_block(b"abc") == b"\x03\x08abc"
+    assert snappy_block(b"x" * 100)[:3] == b"\x64\xf0\x63"
+
+
+@pytest.mark.usefixtures("offline_roles")
+def test_the_site_checks_trust_the_site_s_ca_which_signs_the_served_certificate() -> None:
+    from cryptography import x509
+
+    from provision import site
+
+    for name in ("seed", "hardened"):
+        topo = load(name)
+        mon = monitoring.monitor_host(topo)
+        assert mon is not None
+        files = {
+            s.path: s for s in monitor.steps(HostContext(topo, mon, {})) if isinstance(s, File)
+        }
+        ca = x509.load_pem_x509_certificate(files[monitor.BLACKBOX_CA].data)
+        served = x509.load_pem_x509_certificate(site.site_certificate(topo).cert_pem)
+        assert served.issuer == ca.subject
+        served.verify_directly_issued_by(ca)

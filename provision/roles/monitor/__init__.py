@@ -9,7 +9,7 @@ template, /consoles/testbed.html.
 
 from __future__ import annotations
 
-from provision import dbcluster, layout, monitoring, secrets
+from provision import dbcluster, layout, monitoring, secrets, site
 from provision.engine import (
     Command,
     File,
@@ -82,16 +82,18 @@ def mtail_steps(topo: Topology) -> list[Step]:
 
 
 BLACKBOX_CONFIG = "/etc/prometheus/blackbox.yml"
-BLACKBOX_CA = "/etc/prometheus/blackbox-ca.crt"
-"""The testbed CA, which the site's certificate must chain to for a site check to pass."""
+BLACKBOX_CA = "/etc/prometheus/blackbox-site-ca.crt"
+"""The site's CA (the one users import, name-constrained to the testbed's names), which the
+site's certificate must chain to for a site check to pass."""
 
 
 def blackbox_steps(topo: Topology) -> list[Step]:
     """The blackbox exporter: synthetic checks of what the monitor can reach, run when
     Prometheus scrapes /probe (its jobs come from monitoring.probes)."""
     return [
-        File(BLACKBOX_CA, secrets.ca().cert_pem, notify=["restart prometheus-blackbox-exporter"],
-             name="Ensure the blackbox exporter trusts the testbed CA (and only it)."),
+        File(BLACKBOX_CA, site.authority(topo).cert_pem,
+             notify=["restart prometheus-blackbox-exporter"],
+             name="Ensure the blackbox exporter trusts the site's CA (and only it)."),
         File(BLACKBOX_CONFIG,
              render("monitor", "blackbox.yml.j2", site=topo.site.names[0], ca_file=BLACKBOX_CA),
              validate="prometheus-blackbox-exporter --config.check --config.file {path}",
