@@ -22,9 +22,9 @@ import pytest
 import testinfra
 
 from acceptance.conftest import TOPOLOGY
-from acceptance.remote_write import snappy_block, write_request
 from acceptance.site import SITE_CLIENT
 from provision import PROJECT_ROOT, dbcluster, layout, monitoring
+from provision.remote_write import snappy_block, write_request
 from provision.testkit import prometheus_get
 from provision.topology import Host
 

@@ -67,7 +67,7 @@ def test_the_hand_built_remote_write_request_has_the_documented_bytes() -> None:
     # Label{name="a", value="b"} = 0a 01 61 12 01 62; Sample{value=1.0, timestamp=5} =
     # 09 <1.0 as little-endian double> 10 05; TimeSeries = 0a 06 <label> 12 0b <sample>;
     # WriteRequest = 0a 15 <series>.
-    from acceptance.remote_write import snappy_block, write_request
+    from provision.remote_write import snappy_block, write_request
 
     label = bytes.fromhex("0a01611201 62".replace(" ", ""))
     sample = bytes.fromhex("09000000000000f03f1005")
