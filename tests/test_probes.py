@@ -9,7 +9,7 @@ import yaml
 from provision import monitoring
 from provision.engine import File, HostContext
 from provision.roles import monitor
-from provision.topology import load
+from provision.topology import Topology, load
 
 
 def test_seed_checks_the_site_and_the_balancer_s_ports_at_its_private_address() -> None:
@@ -43,14 +43,19 @@ def test_hardened_checks_each_balancer_and_never_connects_bare_to_mariadb() -> N
         assert topo.is_allowed(mon.name, p.host, net, int(port)), p
 
 
+def monitor_files(name: str) -> tuple[Topology, dict[str, File]]:
+    """The files the monitor role writes on the monitor of topology `name`."""
+    topo = load(name)
+    mon = monitoring.monitor_host(topo)
+    assert mon is not None
+    steps = monitor.steps(HostContext(topo, mon, {}))
+    return topo, {s.path: s for s in steps if isinstance(s, File)}
+
+
 @pytest.mark.usefixtures("offline_roles")
 def test_every_check_is_a_scrape_job_of_the_central_prometheus() -> None:
     for name in ("seed", "hardened"):
-        topo = load(name)
-        mon = monitoring.monitor_host(topo)
-        assert mon is not None
-        steps = monitor.steps(HostContext(topo, mon, {}))
-        files = {s.path: s for s in steps if isinstance(s, File)}
+        topo, files = monitor_files(name)
         config = yaml.safe_load(files["/etc/prometheus/prometheus.yml"].data)
         jobs = {j["job_name"]: j for j in config["scrape_configs"]}
         for probe in monitoring.probes(topo):
@@ -85,12 +90,7 @@ def test_the_site_checks_trust_the_site_s_ca_which_signs_the_served_certificate(
     from provision import site
 
     for name in ("seed", "hardened"):
-        topo = load(name)
-        mon = monitoring.monitor_host(topo)
-        assert mon is not None
-        files = {
-            s.path: s for s in monitor.steps(HostContext(topo, mon, {})) if isinstance(s, File)
-        }
+        topo, files = monitor_files(name)
         ca = x509.load_pem_x509_certificate(files[monitor.BLACKBOX_CA].data)
         served = x509.load_pem_x509_certificate(site.site_certificate(topo).cert_pem)
         assert served.issuer == ca.subject
