@@ -197,7 +197,7 @@ def test_a_balancer_whose_haproxy_stops_fires_and_resolves_the_site_probe_alert(
             if any(f" {v}/" in r.run("ip -o -4 addr show").stdout for v in vips):
                 holding.add(name)
     lb = next(n for n in balancers if n not in holding) if len(balancers) > 1 else balancers[0]
-    _stop_fires_start_resolves(machines, lb, "haproxy", "SiteProbeFailing", host=lb)
+    _stop_fires_start_resolves(machines, lb, "haproxy", "SiteProbeFailing", {"host": lb})
 
 
 LOG_WEB = next(h.name for h in monitoring.log_senders(TOPOLOGY) if h.has_role("web"))
@@ -271,25 +271,25 @@ def test_stopping_a_backend_fires_and_then_resolves_the_backend_down_alert(
     machines: dict[str, testinfra.host.Host],
 ) -> None:
     web = TOPOLOGY.with_role("web")[0].name
-    _stop_fires_start_resolves(machines, web, "nginx", "BackendDown", server=web)
+    _stop_fires_start_resolves(machines, web, "nginx", "BackendDown", {"server": web})
 
 
 def _stop_fires_start_resolves(
-    machines: dict[str, testinfra.host.Host], host: str, unit: str, alert: str, **labels: str
+    machines: dict[str, testinfra.host.Host], on: str, unit: str, alert: str, labels: dict[str, str]
 ) -> None:
-    """Stop `unit` on `host`: `alert` (with `labels`) reaches the recorder firing; start it
-    again: the alert resolves. Prints how long each took."""
+    """Stop `unit` on host `on`: `alert` (with `labels`) reaches the recorder firing; start
+    it again: the alert resolves. Prints how long each took."""
     recorder = machines[MONITOR.name]
     stopped = time.time()
-    machines[host].check_output(f"systemctl stop {unit}")
+    machines[on].check_output(f"systemctl stop {unit}")
     try:
         fired = _wait_alert(recorder, alert, "firing", stopped, **labels)
     finally:
         started = time.time()
-        machines[host].check_output(f"systemctl start {unit}")
+        machines[on].check_output(f"systemctl start {unit}")
     resolved = _wait_alert(recorder, alert, "resolved", started, **labels)
     print(
-        f"\n{alert} for {host}: fired {fired:.1f} s after {unit} stopped, "
+        f"\n{alert} for {on}: fired {fired:.1f} s after {unit} stopped, "
         f"resolved {resolved:.1f} s after it started"
     )
 
