@@ -436,3 +436,49 @@ def test_a_forged_series_pushed_without_the_agent_s_login_is_refused_and_not_sto
 
     assert eventually(lambda: "agent" in attempts(), 15), "the agent's push was not stored"
     assert attempts() == {"agent"}, f"stored without the login: {attempts() - {'agent'}}"
+
+
+def test_four_faults_at_once_fire_and_resolve_their_alerts(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    """Four faults of different kinds, on different hosts, at the same time; each fires its
+    own alert, and each resolves once repaired (latencies printed, docs/monitoring.md):
+    - ExporterDown: a web host's nginx exporter stopped (the agent scrapes it and fails);
+    - HostSilent: another web host's agent stopped (nothing arrives from that host);
+    - ServicePortUnreachable: a balancer drops the monitor's packets to its stats port;
+    - CertificateExpiringSoon: the balancer's agent reports a certificate a day from expiry."""
+    assert MONITOR is not None
+    web_a, web_b = (h.name for h in TOPOLOGY.with_role("web")[:2])
+    lb = TOPOLOGY.with_role("lb")[0]
+    monitor_address = TOPOLOGY.address_for(lb, MONITOR)
+    stats = TOPOLOGY.port("haproxy-stats")
+    cut = f"INPUT -s {monitor_address} -p tcp --dport {stats} -j DROP"
+    expiry = layout.CERT_EXPIRY_TEXTFILE
+    soon = int(time.time()) + 86400
+    faults = [  # host, break, repair, alert, labels
+        (web_a, "systemctl stop prometheus-nginx-exporter",
+         "systemctl start prometheus-nginx-exporter",
+         "ExporterDown", {"host": web_a, "job": "nginx"}),
+        (web_b, "systemctl stop prometheus", "systemctl start prometheus",
+         "HostSilent", {"host": web_b}),
+        (lb.name, f"iptables -I {cut}", f"iptables -D {cut}",
+         "ServicePortUnreachable", {"host": lb.name, "service": "haproxy-stats"}),
+        (lb.name, f"cp -p {expiry} {expiry}.saved && sed -i '/^testbed/s/[0-9]*$/{soon}/' {expiry}",
+         f"mv -f {expiry}.saved {expiry}",
+         "CertificateExpiringSoon", {"host": lb.name}),
+    ]  # fmt: skip
+    recorder = machines[MONITOR.name]
+    broken = time.time()
+    repaired = 0.0
+    try:
+        for host, do, _, _, _ in faults:
+            machines[host].check_output(do)
+        fired = {a: _wait_alert(recorder, a, "firing", broken, **ls) for *_, a, ls in faults}
+    finally:
+        repaired = time.time()
+        for host, _, undo, _, _ in faults:
+            machines[host].run(undo)
+    resolved = {a: _wait_alert(recorder, a, "resolved", repaired, **ls) for *_, a, ls in faults}
+    for alert in fired:
+        print(f"\n{alert}: fired {fired[alert]:.1f} s after the fault, "
+              f"resolved {resolved[alert]:.1f} s after the repair")  # fmt: skip

@@ -31,6 +31,11 @@ MTAIL_LISTEN = "127.0.0.1:3903"
 """mtail on the monitor: metrics it derives from the central logs (docs/monitoring.md)."""
 BLACKBOX_LISTEN = "127.0.0.1:9115"
 """The blackbox exporter on the monitor: the synthetic checks (monitoring.probes)."""
+NODE_TEXTFILES = "/var/lib/prometheus/node-exporter"
+"""node_exporter's textfile directory on every host (the site certificate's expiry, on lb)."""
+CERT_EXPIRY_TEXTFILE = f"{NODE_TEXTFILES}/tls.prom"
+SNMP_EXPORTER_LISTEN = "127.0.0.1:9116"
+"""snmp_exporter on the monitor: polls every host's snmpd (monitoring.snmp_targets)."""
 
 
 def port_of(listen: str) -> int:

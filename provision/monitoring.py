@@ -181,3 +181,66 @@ def syslog_listen_addresses(topology: Topology) -> list[str]:
     """The monitor's addresses its senders reach it at (its private one): rsyslog listens
     there only, never on the management interface."""
     return sorted({syslog_target(topology, h) for h in log_senders(topology)})
+
+
+# --------------------------------------------------------------------------- SNMP
+
+SNMP_MODULE = "testbed"
+"""The snmp_exporter module (monitor role, templates/snmp.yml.j2): what it walks, as whom."""
+SNMP_AUTH = ("SHA-256", "SHA256")
+"""SNMPv3 authentication: net-snmp's name for it, then snmp_exporter's."""
+SNMP_PRIV = ("AES", "AES")
+"""SNMPv3 privacy (AES-128): net-snmp's name, then snmp_exporter's."""
+SNMP_OIDS = {
+    "system": ".1.3.6.1.2.1.1",
+    "interfaces": ".1.3.6.1.2.1.2",
+    "ifXTable": ".1.3.6.1.2.1.31",
+    "hrSystem": ".1.3.6.1.2.1.25.1",
+    "ucdMemory": ".1.3.6.1.4.1.2021.4",
+    "laTable": ".1.3.6.1.4.1.2021.10",
+}
+"""The only subtrees the SNMP user may read (snmpd's view): what the monitor polls."""
+SNMP_CLIENT_CONFIG = "/root/.snmp/snmp.conf"
+"""On the monitor: the net-snmp tools' defaults for root, the testbed's user and passwords
+(`snmpget 192.168.57.21 .1.3.6.1.2.1.1.5.0` asks as it)."""
+
+
+@dataclass(frozen=True)
+class SnmpUser:
+    """The testbed's one SNMPv3 user (authPriv), generated at the first deploy."""
+
+    name: str
+    auth_password: str
+    priv_password: str
+
+
+def snmp_user() -> SnmpUser:
+    """A user name and two passwords, generated once per testbed (provision/secrets.py)."""
+    return SnmpUser(
+        name=f"monitor-{secrets.password('snmp-user')[:12]}",
+        auth_password=secrets.password("snmp-auth"),
+        priv_password=secrets.password("snmp-priv"),
+    )
+
+
+def snmp_address(topology: Topology, host: Host) -> str:
+    """Where `host`'s snmpd listens: its address on the network it shares with the monitor
+    (the private one), never the management or public interface."""
+    mon = monitor_host(topology)
+    assert mon is not None
+    return str(host.addresses[_shared_or_own(topology, mon, host)])
+
+
+def _shared_or_own(topology: Topology, mon: Host, host: Host) -> str:
+    shared = topology.shared_networks(mon, host)
+    return shared[0] if shared else next(iter(host.addresses))
+
+
+def snmp_targets(topology: Topology) -> list[Probe]:
+    """Every host the monitor polls over SNMP (snmp_exporter): each reporting host, at
+    snmp_address, the monitor included (its own snmpd, over loopback)."""
+    port = topology.port("snmp")
+    return [
+        Probe(SNMP_MODULE, f"{snmp_address(topology, h)}:{port}", h.name, ",".join(h.roles), "snmp")
+        for h in reporting_hosts(topology)
+    ]

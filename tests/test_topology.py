@@ -462,7 +462,7 @@ MALFORMED = [
         setting("flows.0.port", "http"),
         "flows[0].port",
         "expected a port name from ports: (site-https, site-http, backend-http, "
-        "backend-https, mysql, dbcheck, prometheus, haproxy-stats, syslog-tls), got 'http'",
+        "backend-https, mysql, dbcheck, prometheus, haproxy-stats, syslog-tls, snmp), got 'http'",
         id="flow-port-unknown-name",
     ),
     pytest.param(

@@ -350,7 +350,7 @@ def probes(topo: Topology, target: str, peers: Sequence[str]) -> list[Probe]:
     """One TCP probe per peer on a port the firewall allows: from the peer to the target
     when a flow allows it (that proves the target no longer hears the peer), else from the
     target to the peer. A peer with no allowed flow either way gets no probe."""
-    paths = topo.allowed_paths()
+    paths = [p for p in topo.allowed_paths() if p.proto == "tcp"]
     found = []
     for peer in peers:
         for src, dst in ((peer, target), (target, peer)):

@@ -20,11 +20,58 @@ from provision.engine import (
     restart_handler,
 )
 
-NODE_TEXTFILES = "/var/lib/prometheus/node-exporter"
+NODE_TEXTFILES = layout.NODE_TEXTFILES
 
 
 def _default(args: str) -> str:
     return f'ARGS="{args}"\n'
+
+
+SNMPD_CONFIG = "/etc/snmp/snmpd.conf"
+SNMPD_STATE = "/var/lib/snmp/snmpd.conf"
+
+
+def snmp_steps(ctx: HostContext) -> list[Step]:
+    """snmpd, SNMPv3 only, on the address the monitor polls (monitoring.snmp_address); and
+    the net-snmp tools (snmpget), which the tests use to ask as an outsider would."""
+    topo, host = ctx.topology, ctx.host
+    user = monitoring.snmp_user()
+    return [
+        Packages(
+            ("snmpd", "snmp"),
+            start_services=False,  # Debian's own config answers v2c "public": never run it
+            name="Ensure snmpd and the net-snmp tools are installed.",
+        ),
+        File(
+            SNMPD_CONFIG,
+            render(
+                "agent",
+                "snmpd.conf.j2",
+                host=host.name,
+                address=monitoring.snmp_address(topo, host),
+                port=topo.port("snmp"),
+                oids=monitoring.SNMP_OIDS,
+                user=user,
+                auth=monitoring.SNMP_AUTH[0],
+                priv=monitoring.SNMP_PRIV[0],
+            ),
+            mode="0600",
+            notify=["restart snmpd"],
+            name="Ensure snmpd answers SNMPv3 (authPriv) only, on the private address (0600).",
+        ),
+        File(
+            "/etc/systemd/system/snmpd.service.d/webinfra-testbed.conf",
+            "# Managed by webinfra-testbed (provision/roles/agent).\n"
+            "# snmpd saves its users' keys in its state file and loads them again at start;\n"
+            "# the managed config alone says who may ask (a changed password takes effect).\n"
+            "# No MIB files are installed (Debian ships them apart): snmpd needs none.\n"
+            "[Service]\nEnvironment=MIBS=\n"
+            f"ExecStartPre=-/bin/sed -i '/^usmUser /d' {SNMPD_STATE}\n",
+            notify=["restart snmpd"],
+            name="Ensure snmpd's users come from the managed config only.",
+        ),
+        Service("snmpd", name="Ensure snmpd is running."),
+    ]
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -49,7 +96,7 @@ def steps(ctx: HostContext) -> list[Step]:
         cert = site.site_certificate(topo).cert
         result.append(
             File(
-                f"{NODE_TEXTFILES}/tls.prom",
+                layout.CERT_EXPIRY_TEXTFILE,
                 "# Managed by webinfra-testbed: the site certificate's expiry, for the alert.\n"
                 "# TYPE testbed_tls_certificate_not_after_seconds gauge\n"
                 f'testbed_tls_certificate_not_after_seconds{{name="{topo.site.name}"}} '
@@ -102,6 +149,7 @@ def steps(ctx: HostContext) -> list[Step]:
             ),
             Service("prometheus-mysqld-exporter", name="Ensure the mysqld exporter is running."),
         ]
+    result += snmp_steps(ctx)
     if host is monitoring.monitor_host(topo):
         return result  # the central Prometheus scrapes this host itself
     tls = monitoring.uses_tls(topo)
@@ -174,5 +222,6 @@ ROLE = Role(
         restart_handler("prometheus-nginx-exporter"),
         restart_handler("prometheus-mysqld-exporter"),
         restart_handler("prometheus"),
+        restart_handler("snmpd"),
     ],
 )

@@ -108,6 +108,45 @@ def blackbox_steps(topo: Topology) -> list[Step]:
     ]  # fmt: skip
 
 
+SNMP_CONFIG = "/etc/prometheus/snmp.yml"
+
+
+def snmp_client_config() -> str:
+    """root's defaults for the net-snmp tools on the monitor: `snmpget HOST OID` asks as the
+    testbed's SNMPv3 user, with no password on a command line (monitoring.SNMP_CLIENT_CONFIG)."""
+    user = monitoring.snmp_user()
+    return (
+        "# Managed by webinfra-testbed (provision/roles/monitor): the monitor asks as the\n"
+        "# testbed's SNMPv3 user (authPriv) unless a command line says otherwise.\n"
+        f"defVersion 3\ndefSecurityName {user.name}\ndefSecurityLevel authPriv\n"
+        f"defAuthType {monitoring.SNMP_AUTH[0]}\ndefAuthPassphrase {user.auth_password}\n"
+        f"defPrivType {monitoring.SNMP_PRIV[0]}\ndefPrivPassphrase {user.priv_password}\n"
+    )
+
+
+def snmp_steps() -> list[Step]:
+    """snmp_exporter: polls every host's snmpd as the testbed's SNMPv3 user when Prometheus
+    scrapes /snmp (its job lists monitoring.snmp_targets)."""
+    return [
+        File(monitoring.SNMP_CLIENT_CONFIG, snmp_client_config(), mode="0600",
+             name="Ensure root on the monitor asks over SNMPv3 as the testbed's user (0600)."),
+        File(SNMP_CONFIG,
+             render("monitor", "snmp.yml.j2", module=monitoring.SNMP_MODULE,
+                    user=monitoring.snmp_user(), auth=monitoring.SNMP_AUTH[1],
+                    priv=monitoring.SNMP_PRIV[1]),
+             mode="0640", group="prometheus",
+             validate="prometheus-snmp-exporter --dry-run --config.file={path}",
+             notify=["restart prometheus-snmp-exporter"],
+             name="Ensure snmp_exporter's module and SNMPv3 login are up to date (0640)."),
+        File("/etc/default/prometheus-snmp-exporter",
+             _default(f"--config.file={SNMP_CONFIG} "
+                      f"--web.listen-address={layout.SNMP_EXPORTER_LISTEN}"),
+             notify=["restart prometheus-snmp-exporter"],
+             name="Ensure snmp_exporter answers on loopback only."),
+        Service("prometheus-snmp-exporter", name="Ensure snmp_exporter is running."),
+    ]  # fmt: skip
+
+
 def _default(args: str) -> str:
     return f'# Managed by webinfra-testbed (provision/roles/monitor).\nARGS="{args}"\n'
 
@@ -155,6 +194,11 @@ def steps(ctx: HostContext) -> list[Step]:
             ("prometheus", "prometheus-alertmanager", "mtail", "prometheus-blackbox-exporter"),
             name="Ensure Prometheus, Alertmanager, mtail and the blackbox exporter are installed.",
         ),
+        Packages(
+            ("prometheus-snmp-exporter",),
+            start_services=False,  # its own config would answer on every address
+            name="Ensure snmp_exporter is installed.",
+        ),
         *(tls_steps(topo, host) if tls else []),
         Command(
             "Ensure the console libraries the dashboard needs are in place.",
@@ -181,6 +225,8 @@ def steps(ctx: HostContext) -> list[Step]:
                 host=host,
                 targets=monitoring.targets(topo, host),
                 probes=probe_jobs(topo),
+                snmp=monitoring.snmp_targets(topo),
+                snmp_exporter=layout.SNMP_EXPORTER_LISTEN,
                 blackbox=layout.BLACKBOX_LISTEN,
                 interval=monitoring.SCRAPE_INTERVAL,
                 alertmanager=layout.ALERTMANAGER_LISTEN,
@@ -203,6 +249,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 hosts=list(topo),
                 log_hosts=[h.name for h in monitoring.reporting_hosts(topo)],
                 probes=monitoring.probes(topo),
+                snmp_hosts=[p.host for p in monitoring.snmp_targets(topo)],
                 db_hosts=dbcluster.db_hosts(topo),
             ).replace("local edits are overwritten.\n", "local edits are overwritten. */}}\n", 1),
             name="Ensure the dashboard is up to date.",
@@ -224,6 +271,7 @@ def steps(ctx: HostContext) -> list[Step]:
         Service("prometheus", name="Ensure Prometheus is running."),
         *mtail_steps(topo),
         *blackbox_steps(topo),
+        *snmp_steps(),
         File(
             "/etc/prometheus/alertmanager.yml",
             render("monitor", "alertmanager.yml.j2", receiver=layout.ALERT_RECEIVER_LISTEN),
@@ -275,5 +323,6 @@ ROLE = Role(
         restart_handler("alert-receiver"),
         restart_handler("mtail"),
         restart_handler("prometheus-blackbox-exporter"),
+        restart_handler("prometheus-snmp-exporter"),
     ],
 )
