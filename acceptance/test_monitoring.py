@@ -267,13 +267,6 @@ def _wait_alert(
     return found  # type: ignore[return-value]
 
 
-def test_stopping_a_backend_fires_and_then_resolves_the_backend_down_alert(
-    machines: dict[str, testinfra.host.Host],
-) -> None:
-    web = TOPOLOGY.with_role("web")[0].name
-    _stop_fires_start_resolves(machines, web, "nginx", "BackendDown", {"server": web})
-
-
 def _stop_fires_start_resolves(
     machines: dict[str, testinfra.host.Host], on: str, unit: str, alert: str, labels: dict[str, str]
 ) -> None:
@@ -300,7 +293,7 @@ def _a_replica(endpoints: object) -> str:
     return next(n for n, s in states.items() if s.role == "replica")
 
 
-def test_stopping_replication_fires_the_replication_alert(
+def test_stopping_replication_fires_the_replication_alert_and_starting_it_resolves_it(
     machines: dict[str, testinfra.host.Host], endpoints: object
 ) -> None:
     replica = _a_replica(endpoints)
@@ -310,8 +303,11 @@ def test_stopping_replication_fires_the_replication_alert(
     try:
         fired = _wait_alert(recorder, "ReplicationStopped", "firing", stopped, host=replica)
     finally:
+        started = time.time()
         machines[replica].check_output("mariadb -e 'START SLAVE'")
-    print(f"\nReplicationStopped for {replica}: fired {fired:.1f} s after STOP SLAVE")
+    resolved = _wait_alert(recorder, "ReplicationStopped", "resolved", started, host=replica)
+    print(f"\nReplicationStopped for {replica}: fired {fired:.1f} s after STOP SLAVE, "
+          f"resolved {resolved:.1f} s after START SLAVE")  # fmt: skip
 
 
 def test_a_second_writable_database_node_fires_and_resolves_the_split_brain_alert(
@@ -441,12 +437,14 @@ def test_a_forged_series_pushed_without_the_agent_s_login_is_refused_and_not_sto
 def test_four_faults_at_once_fire_and_resolve_their_alerts(
     machines: dict[str, testinfra.host.Host],
 ) -> None:
-    """Four faults of different kinds, on different hosts, at the same time; each fires its
-    own alert, and each resolves once repaired (latencies printed, docs/monitoring.md):
-    - ExporterDown: a web host's nginx exporter stopped (the agent scrapes it and fails);
-    - HostSilent: another web host's agent stopped (nothing arrives from that host);
-    - ServicePortUnreachable: a balancer drops the monitor's packets to its stats port;
-    - CertificateExpiringSoon: the balancer's agent reports a certificate a day from expiry."""
+    """Four faults of different kinds, on three hosts, at the same time; each fires its own
+    alerts, and each alert resolves once its fault is repaired (latencies printed,
+    docs/monitoring.md):
+    - a web host's app stopped: ExporterDown (the agent scrapes the app's metrics and fails)
+      and BackendDown (the balancers' health check fails: the site is served by the others);
+    - another web host's agent stopped: HostSilent (nothing arrives from that host);
+    - a balancer drops the monitor's packets to its stats port: ServicePortUnreachable;
+    - the balancer's agent reports a certificate a day from expiry: CertificateExpiringSoon."""
     assert MONITOR is not None
     web_a, web_b = (h.name for h in TOPOLOGY.with_role("web")[:2])
     lb = TOPOLOGY.with_role("lb")[0]
@@ -455,30 +453,127 @@ def test_four_faults_at_once_fire_and_resolve_their_alerts(
     cut = f"INPUT -s {monitor_address} -p tcp --dport {stats} -j DROP"
     expiry = layout.CERT_EXPIRY_TEXTFILE
     soon = int(time.time()) + 86400
-    faults = [  # host, break, repair, alert, labels
-        (web_a, "systemctl stop prometheus-nginx-exporter",
-         "systemctl start prometheus-nginx-exporter",
-         "ExporterDown", {"host": web_a, "job": "nginx"}),
-        (web_b, "systemctl stop prometheus", "systemctl start prometheus",
-         "HostSilent", {"host": web_b}),
-        (lb.name, f"iptables -I {cut}", f"iptables -D {cut}",
-         "ServicePortUnreachable", {"host": lb.name, "service": "haproxy-stats"}),
+    faults = [  # host, break, repair
+        (web_a, "systemctl stop testbed-app", "systemctl start testbed-app"),
+        (web_b, "systemctl stop prometheus", "systemctl start prometheus"),
+        (lb.name, f"iptables -I {cut}", f"iptables -D {cut}"),
         (lb.name, f"cp -p {expiry} {expiry}.saved && sed -i '/^testbed/s/[0-9]*$/{soon}/' {expiry}",
-         f"mv -f {expiry}.saved {expiry}",
-         "CertificateExpiringSoon", {"host": lb.name}),
+         f"mv -f {expiry}.saved {expiry}"),
     ]  # fmt: skip
+    alerts = [
+        ("ExporterDown", {"host": web_a, "job": "app"}),
+        ("BackendDown", {"server": web_a}),
+        ("HostSilent", {"host": web_b}),
+        ("ServicePortUnreachable", {"host": lb.name, "service": "haproxy-stats"}),
+        ("CertificateExpiringSoon", {"host": lb.name}),
+    ]
     recorder = machines[MONITOR.name]
     broken = time.time()
     repaired = 0.0
     try:
-        for host, do, _, _, _ in faults:
+        for host, do, _ in faults:
             machines[host].check_output(do)
-        fired = {a: _wait_alert(recorder, a, "firing", broken, **ls) for *_, a, ls in faults}
+        fired = {a: _wait_alert(recorder, a, "firing", broken, **ls) for a, ls in alerts}
     finally:
         repaired = time.time()
-        for host, _, undo, _, _ in faults:
+        for host, _, undo in faults:
             machines[host].run(undo)
-    resolved = {a: _wait_alert(recorder, a, "resolved", repaired, **ls) for *_, a, ls in faults}
+    resolved = {a: _wait_alert(recorder, a, "resolved", repaired, **ls) for a, ls in alerts}
     for alert in fired:
         print(f"\n{alert}: fired {fired[alert]:.1f} s after the fault, "
               f"resolved {resolved[alert]:.1f} s after the repair")  # fmt: skip
+
+
+RULE_TESTS = """
+rule_files: [/etc/prometheus/rules/testbed.yml]
+evaluation_interval: 5s
+group_eval_order: [testbed-recording, testbed-alerts]
+tests:
+  - interval: 5s
+    input_series:
+      # 10 % of the site's answers are 5xx for 3 minutes, then none.
+      - series: 'haproxy_frontend_http_responses_total{proxy="https",code="5xx",host="lb1"}'
+        values: '0+10x36 360+0x36'
+      - series: 'haproxy_frontend_http_responses_total{proxy="https",code="2xx",host="lb1"}'
+        values: '0+90x72'
+      # A replica 40 s behind for 2 minutes, then caught up.
+      - series: 'mysql_slave_status_seconds_behind_master{host="db2"}'
+        values: '0 40+0x24 0+0x24'
+      # The writable primary without semi-sync for 30 s; a replica (read-only) without it
+      # all along, which is normal.
+      - series: 'mysql_global_status_rpl_semi_sync_master_status{host="db1"}'
+        values: '1 0+0x6 1+0x12'
+      - series: 'mysql_global_variables_read_only{host="db1"}'
+        values: '0+0x20'
+      - series: 'mysql_global_status_rpl_semi_sync_master_status{host="db2"}'
+        values: '0+0x20'
+      - series: 'mysql_global_variables_read_only{host="db2"}'
+        values: '1+0x20'
+      # A balancer serving a certificate 5 days from expiry for 30 s, then a renewed one.
+      - series: 'probe_ssl_earliest_cert_expiry{job="probe-site_https",host="lb1"}'
+        values: '432000+0x6 5184000+0x6'
+      # / on web1 95 % full for 6 min 40 s, then half empty.
+      - series: 'node_filesystem_avail_bytes{fstype="ext4",mountpoint="/",host="web1"}'
+        values: '5+0x80 50+0x20'
+      - series: 'node_filesystem_size_bytes{fstype="ext4",mountpoint="/",host="web1"}'
+        values: '100+0x100'
+    alert_rule_test:
+      - {alertname: HighErrorRatio, eval_time: 50s}
+      - alertname: HighErrorRatio
+        eval_time: 2m
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations: {summary: "more than 5% of the site's answers are 5xx"}
+      - {alertname: HighErrorRatio, eval_time: 5m}
+      - {alertname: ReplicationLagging, eval_time: 50s}
+      - alertname: ReplicationLagging
+        eval_time: 90s
+        exp_alerts:
+          - exp_labels: {severity: warning, host: db2}
+            exp_annotations: {summary: "db2 is more than 30 s behind its primary"}
+      - {alertname: ReplicationLagging, eval_time: 3m}
+      - alertname: SemiSyncOff
+        eval_time: 20s
+        exp_alerts:
+          - exp_labels: {severity: critical, host: db1}
+            exp_annotations:
+              summary: "the primary db1 commits without a replica's acknowledgement"
+      - {alertname: SemiSyncOff, eval_time: 60s}
+      - alertname: ServedCertificateExpiringSoon
+        eval_time: 10s
+        exp_alerts:
+          - exp_labels: {severity: warning, host: lb1, job: probe-site_https}
+            exp_annotations: {summary: "the certificate lb1 serves expires within 14 days"}
+      - {alertname: ServedCertificateExpiringSoon, eval_time: 50s}
+      - {alertname: DiskAlmostFull, eval_time: 4m}
+      - alertname: DiskAlmostFull
+        eval_time: 6m
+        exp_alerts:
+          - exp_labels: {severity: warning, host: web1, fstype: ext4, mountpoint: /}
+            exp_annotations: {summary: "/ on web1 is over 90% full"}
+      - {alertname: DiskAlmostFull, eval_time: 8m}
+"""
+"""Written by hand: the faults the tests above cannot cause quickly (a minute of 5xx, a
+replica 30 s behind for a minute, a disk filling for five) as series, and what the
+deployed rules must make of them: quiet before `for:` has passed, firing with these labels
+and words, resolved after the repair."""
+
+
+def test_the_deployed_alert_rules_fire_and_resolve_on_hand_written_series(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    """promtool (Prometheus's own rule tester) runs the monitor's live rules file against
+    RULE_TESTS: the alerts no end-to-end test here can afford to wait for (HighErrorRatio and
+    ReplicationLagging need a minute, DiskAlmostFull five) and the two whose faults would
+    disturb other tests (SemiSyncOff, ServedCertificateExpiringSoon)."""
+    assert MONITOR is not None
+    monitor = machines[MONITOR.name]
+    path = f"/tmp/testbed-rule-tests-{os.getpid()}.yml"
+    encoded = base64.b64encode(RULE_TESTS.encode()).decode()
+    monitor.check_output(f"echo {encoded} | base64 -d > {path}")
+    try:
+        res = monitor.run(f"promtool test rules {path}")
+    finally:
+        monitor.run(f"rm -f {path}")
+    assert res.rc == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout + res.stderr

@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,16 +308,18 @@ def ensure_browser() -> None:
         )
 
 
-def nss_trusting_the_ca(home: Path) -> Path:
+def nss_trusting_the_ca(home: Path, also: Sequence[Path] = ()) -> Path:
     """An NSS database under `home`/.pki/nssdb (where Chromium looks for it) that trusts the
     site CA for websites, made with certutil: the browser trusts the site the way a
-    user who imported the CA would, with no flag that ignores certificate errors."""
+    user who imported the CA would, with no flag that ignores certificate errors. `also`:
+    more CA files to trust (the internal CA, for the monitor's own HTTPS)."""
     nssdb = home / ".pki" / "nssdb"
     nssdb.mkdir(parents=True, exist_ok=True)
     db = f"sql:{nssdb}"
+    cas = [(secrets.SITE_CA_NAME, secrets.site_ca_cert_path()), *((p.stem, p) for p in also)]
     for args in (
         ["-N", "--empty-password"],
-        ["-A", "-t", "C,,", "-n", secrets.SITE_CA_NAME, "-i", str(secrets.site_ca_cert_path())],
+        *(["-A", "-t", "C,,", "-n", name, "-i", str(path)] for name, path in cas),
     ):
         res = subprocess.run(
             ["certutil", "-d", db, *args], capture_output=True, text=True, check=False
@@ -328,9 +330,12 @@ def nss_trusting_the_ca(home: Path) -> Path:
 
 
 @contextlib.contextmanager
-def chromium(site: Site, home: Path) -> Iterator[Any]:
+def chromium(
+    site: Site, home: Path, also_trust: Sequence[Path] = (), also_map: Sequence[str] = ()
+) -> Iterator[Any]:
     """Headless Chromium (Debian's, driven by Selenium through Debian's chromedriver) that
-    trusts the testbed CA and resolves the site's name to where this machine reaches it.
+    trusts the testbed CA and resolves the site's name to where this machine reaches it
+    (and `also_map`'s "name address" pairs; `also_trust`: more CA files to trust).
 
     Selenium is given the driver and browser paths, so it never fetches a driver. As root,
     Chromium needs --no-sandbox (it refuses to start otherwise); no certificate flag is
@@ -339,13 +344,14 @@ def chromium(site: Site, home: Path) -> Iterator[Any]:
     from selenium.webdriver.chrome.service import Service
 
     ensure_browser()
-    nss_trusting_the_ca(home)
+    nss_trusting_the_ca(home, also_trust)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in (
         "--headless=new",
         f"--user-data-dir={home / 'profile'}",
-        f"--host-resolver-rules=MAP {site.name} {site.entry.address}",
+        "--host-resolver-rules="
+        + ", ".join(f"MAP {pair}" for pair in (f"{site.name} {site.entry.address}", *also_map)),
         "--window-size=1000,900",
         "--disable-gpu",
         "--no-first-run",
