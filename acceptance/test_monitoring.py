@@ -293,50 +293,37 @@ def _a_replica(endpoints: object) -> str:
     return next(n for n, s in states.items() if s.role == "replica")
 
 
-def test_stopping_replication_fires_the_replication_alert_and_starting_it_resolves_it(
+def test_a_replica_stopped_and_made_writable_fires_and_resolves_both_database_alerts(
     machines: dict[str, testinfra.host.Host], endpoints: object
 ) -> None:
+    """On one replica at once: replication stopped (ReplicationStopped) and writes allowed by
+    hand (SplitBrain: two nodes accept writes). Harmless here: the writer endpoints send
+    writes only to a node that replicates from no one, and this one still has its source
+    configured; but exactly what a split brain looks like to the monitoring. Repaired (read
+    only again, replication started), both alerts resolve."""
     replica = _a_replica(endpoints)
     recorder = machines[MONITOR.name]
-    stopped = time.time()
-    machines[replica].check_output("mariadb -e 'STOP SLAVE'")
-    try:
-        fired = _wait_alert(recorder, "ReplicationStopped", "firing", stopped, host=replica)
-    finally:
-        started = time.time()
-        machines[replica].check_output("mariadb -e 'START SLAVE'")
-    resolved = _wait_alert(recorder, "ReplicationStopped", "resolved", started, host=replica)
-    print(f"\nReplicationStopped for {replica}: fired {fired:.1f} s after STOP SLAVE, "
-          f"resolved {resolved:.1f} s after START SLAVE")  # fmt: skip
-
-
-def test_a_second_writable_database_node_fires_and_resolves_the_split_brain_alert(
-    machines: dict[str, testinfra.host.Host], endpoints: object
-) -> None:
-    """A replica made writable by hand: harmless here (the writer endpoints send writes
-    only to a node that replicates from no one), but exactly what a split brain looks like
-    to the monitoring."""
-    replica = _a_replica(endpoints)
-    recorder = machines[MONITOR.name]
+    alerts = [("ReplicationStopped", {"host": replica}), ("SplitBrain", {})]
     # With automatic failover the controller fences such a node within 2 s, before
     # Prometheus has scraped it (every 5 s): hold it off, to see what the monitoring sees.
     controller = recorder.service("dbwatch").is_running
     if controller:
         recorder.check_output("systemctl stop dbwatch")
-    opened = time.time()
+    broken = time.time()
     try:
-        machines[replica].check_output("mariadb -e 'SET GLOBAL read_only = OFF'")
         try:
-            fired = _wait_alert(recorder, "SplitBrain", "firing", opened)
+            machines[replica].check_output("mariadb -e 'STOP SLAVE; SET GLOBAL read_only = OFF'")
+            fired = {a: _wait_alert(recorder, a, "firing", broken, **ls) for a, ls in alerts}
         finally:
-            closed = time.time()
-            machines[replica].check_output("mariadb -e 'SET GLOBAL read_only = ON'")
-        resolved = _wait_alert(recorder, "SplitBrain", "resolved", closed)
+            repaired = time.time()
+            machines[replica].check_output("mariadb -e 'SET GLOBAL read_only = ON; START SLAVE'")
+        resolved = {a: _wait_alert(recorder, a, "resolved", repaired, **ls) for a, ls in alerts}
     finally:
         if controller:
             recorder.check_output("systemctl start dbwatch")
-    print(f"\nSplitBrain: fired {fired:.1f} s after a second node became writable, "
-          f"resolved {resolved:.1f} s after it was fenced again")  # fmt: skip
+    for alert in fired:
+        print(f"\n{alert} ({replica}): fired {fired[alert]:.1f} s after the fault, "
+              f"resolved {resolved[alert]:.1f} s after the repair")  # fmt: skip
 
 
 def test_the_dashboard_renders_every_section_with_live_values() -> None:

@@ -17,6 +17,8 @@ import http.client
 import ipaddress
 import json
 import os
+import re
+import shlex
 import socket
 import ssl
 import subprocess
@@ -442,4 +444,45 @@ def forged_certificate(authority: secrets.KeyPair, dns: str, ip: str) -> secrets
             serialization.NoEncryption(),
         ),
         cert.public_bytes(serialization.Encoding.PEM),
+    )
+
+
+# --------------------------------------------------------------------------- wrk (bench/edge.py)
+
+WRK = "wrk -t2 -c16 -d{seconds}s --latency"
+POST_SCRIPT = (
+    'wrk.method = "POST"\n'
+    'wrk.body = \'{"text": "bench.edge"}\'\n'
+    'wrk.headers["Content-Type"] = "application/json"\n'
+)
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    non_2xx: int
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """wrk's report: `Requests/sec:`, the 50 % line of --latency, and non-2xx answers."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\b", text, re.M)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if not rps or not p50:
+        raise ValueError(f"not a wrk report: {text[-300:]!r}")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
+    return WrkResult(
+        float(rps.group(1)), float(p50.group(1)) * scale, int(bad.group(1)) if bad else 0
+    )
+
+
+def wrk_command(url: str, host_header: str, route: str, seconds: int) -> str:
+    script = ""
+    if route == "write":
+        script = f"printf %s {shlex.quote(POST_SCRIPT)} > /tmp/bench-edge-post.lua && "
+    post = " -s /tmp/bench-edge-post.lua" if route == "write" else ""
+    return (
+        f"{script}{WRK.format(seconds=seconds)}{post} -H {shlex.quote('Host: ' + host_header)} "
+        f"{shlex.quote(url)}"
     )
