@@ -170,14 +170,14 @@ _kept: dict[str, list[Any]] = {}
 _kept_lock = threading.Lock()
 
 
-def _reused(key: str) -> Any | None:
+def _reused(kept: dict[str, list[Any]], key: str) -> Any | None:
     """An idle connection kept for `key`, if one still answers a ping. The endpoints cut
     every session to a node they stop using (`on-marked-down shutdown-sessions`): such a
     connection fails its ping at once and is dropped, so a failover moves kept connections
     exactly as it moves new ones."""
     while True:
         with _kept_lock:
-            idle = _kept.get(key)
+            idle = kept.get(key)
             if not idle:
                 return None
             conn = idle.pop()
@@ -201,7 +201,8 @@ def connection(key: str, opener: Callable[[], Any]) -> Iterator[Any]:
     connection whose use raised nothing is kept again, its transaction ended first (the next
     use sees fresh data). After any error it is closed and forgotten: a connection in doubt
     (a failed query, a COMMIT whose answer was lost) is never used again."""
-    conn = _reused(key) or opener()
+    kept = _kept  # where it goes back to, even from a page read that ends late
+    conn = _reused(kept, key) or opener()
     try:
         yield conn
         conn.rollback()
@@ -209,7 +210,7 @@ def connection(key: str, opener: Callable[[], Any]) -> Iterator[Any]:
         _discard(conn)
         raise
     with _kept_lock:
-        idle = _kept.setdefault(key, [])
+        idle = kept.setdefault(key, [])
         if len(idle) < KEPT_PER_ENDPOINT:
             idle.append(conn)
             return
