@@ -161,10 +161,11 @@ def plot(rows: list[Row]) -> None:
     ax.bar([i + 0.2 for i in x], [r[2] for r in rows], 0.4, label="one web server (HTTP)")
     for i, r in zip(x, rows, strict=True):
         ax.annotate(f"{r[3]:.2f}", (i, max(r[1], r[2])), ha="center", va="bottom")
+    ax.set_ylim(0, max(max(r[1], r[2]) for r in rows) * 1.25)
     ax.set_xticks(list(x), [f"{r[0]}\n{ROUTES[r[0]]}" for r in rows])
     ax.set_ylabel("requests/s (wrk, 16 connections)")
     ax.set_title("What the balancer costs (ratio above each pair)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110)
 
