@@ -94,17 +94,27 @@ def blackbox_steps(topo: Topology) -> list[Step]:
         File(BLACKBOX_CA, site.authority(topo).cert_pem,
              notify=["restart prometheus-blackbox-exporter"],
              name="Ensure the blackbox exporter trusts the site's CA (and only it)."),
-        File(BLACKBOX_CONFIG,
-             render("monitor", "blackbox.yml.j2", site=topo.site.names[0], ca_file=BLACKBOX_CA),
-             validate="prometheus-blackbox-exporter --config.check --config.file {path}",
-             notify=["restart prometheus-blackbox-exporter"],
-             name="Ensure the synthetic checks (blackbox modules) are up to date."),
-        File("/etc/default/prometheus-blackbox-exporter",
-             _default(f"--config.file={BLACKBOX_CONFIG} "
-                      f"--web.listen-address={layout.BLACKBOX_LISTEN}"),
-             notify=["restart prometheus-blackbox-exporter"],
-             name="Ensure the blackbox exporter answers on loopback only."),
-        Service("prometheus-blackbox-exporter", name="Ensure the blackbox exporter is running."),
+        *_exporter(
+            "prometheus-blackbox-exporter", "the blackbox exporter", layout.BLACKBOX_LISTEN,
+            File(BLACKBOX_CONFIG,
+                 render("monitor", "blackbox.yml.j2", site=topo.site.names[0],
+                        ca_file=BLACKBOX_CA),
+                 validate="prometheus-blackbox-exporter --config.check --config.file {path}",
+                 notify=["restart prometheus-blackbox-exporter"],
+                 name="Ensure the synthetic checks (blackbox modules) are up to date."),
+        ),
+    ]  # fmt: skip
+
+
+def _exporter(unit: str, what: str, listen: str, config: File) -> list[Step]:
+    """One of the monitor's exporters: its config (which restarts it when it changes), its
+    arguments (that config, and an address on loopback only), and the unit running."""
+    return [
+        config,
+        File(f"/etc/default/{unit}",
+             _default(f"--config.file={config.path} --web.listen-address={listen}"),
+             notify=[f"restart {unit}"], name=f"Ensure {what} answers on loopback only."),
+        Service(unit, name=f"Ensure {what} is running."),
     ]  # fmt: skip
 
 
@@ -130,20 +140,17 @@ def snmp_steps() -> list[Step]:
     return [
         File(monitoring.SNMP_CLIENT_CONFIG, snmp_client_config(), mode="0600",
              name="Ensure root on the monitor asks over SNMPv3 as the testbed's user (0600)."),
-        File(SNMP_CONFIG,
-             render("monitor", "snmp.yml.j2", module=monitoring.SNMP_MODULE,
-                    user=monitoring.snmp_user(), auth=monitoring.SNMP_AUTH[1],
-                    priv=monitoring.SNMP_PRIV[1]),
-             mode="0640", group="prometheus",
-             validate="prometheus-snmp-exporter --dry-run --config.file={path}",
-             notify=["restart prometheus-snmp-exporter"],
-             name="Ensure snmp_exporter's module and SNMPv3 login are up to date (0640)."),
-        File("/etc/default/prometheus-snmp-exporter",
-             _default(f"--config.file={SNMP_CONFIG} "
-                      f"--web.listen-address={layout.SNMP_EXPORTER_LISTEN}"),
-             notify=["restart prometheus-snmp-exporter"],
-             name="Ensure snmp_exporter answers on loopback only."),
-        Service("prometheus-snmp-exporter", name="Ensure snmp_exporter is running."),
+        *_exporter(
+            "prometheus-snmp-exporter", "snmp_exporter", layout.SNMP_EXPORTER_LISTEN,
+            File(SNMP_CONFIG,
+                 render("monitor", "snmp.yml.j2", module=monitoring.SNMP_MODULE,
+                        user=monitoring.snmp_user(), auth=monitoring.SNMP_AUTH[1],
+                        priv=monitoring.SNMP_PRIV[1]),
+                 mode="0640", group="prometheus",
+                 validate="prometheus-snmp-exporter --dry-run --config.file={path}",
+                 notify=["restart prometheus-snmp-exporter"],
+                 name="Ensure snmp_exporter's module and SNMPv3 login are up to date (0640)."),
+        ),
     ]  # fmt: skip
 
 
