@@ -467,9 +467,11 @@ def test_four_faults_at_once_fire_and_resolve_their_alerts(
             for a, ls in alerts
         }
     finally:
-        for host, _, undo, _ in faults:
+        undone = []
+        for host, _, undo, _ in faults[: len(broken)]:  # only the faults that were made
             repaired.append(time.time())
-            machines[host].run(undo)
+            undone.append((host, machines[host].run(undo).rc))
+    assert [rc for _, rc in undone] == [0] * len(undone), f"a repair failed: {undone}"
     resolved = {
         a: _wait_alert(recorder, a, "resolved", at, **ls)
         for at, (*_, alerts) in zip(repaired, faults, strict=True)

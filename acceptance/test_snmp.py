@@ -104,6 +104,20 @@ def test_only_the_monitor_reaches_snmpd(machines: Machines) -> None:
     assert answered == {}, "hosts other than the monitor got an answer from snmpd"
 
 
+def test_snmpd_listens_on_the_private_address_only(machines: Machines) -> None:
+    """Every UDP socket on the SNMP port, on every host, is snmpd's, on the one address the
+    monitor polls (the firewall's check would otherwise be the only thing between snmpd
+    and the public or management networks)."""
+    port = TOPOLOGY.port("snmp")
+    found = {}
+    for probe in POLLED:
+        out = machines[probe.host].check_output(f"ss -Hulnp 'sport = :{port}'")
+        found[probe.host] = sorted(
+            (line.split()[3], "snmpd" in line) for line in out.splitlines() if line.strip()
+        )
+    assert found == {p.host: [(p.target, True)] for p in POLLED}
+
+
 def test_snmp_exporter_collects_every_host_and_agrees_with_the_node_agent() -> None:
     """Prometheus has every host's SNMP series (interfaces, load, memory, uptime), and the
     octets SNMP counts on each interface agree with node_exporter's count of the same

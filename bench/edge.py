@@ -82,7 +82,8 @@ def main() -> int:
                     got = parse_wrk(remote.run(wrk_command(url, site, route, args.seconds)).stdout)
                     results[route][side].append(got)
                     print(f"run {run}/{args.runs} {route:5} {side:7} {got.rps:8.1f} req/s  "
-                          f"p50 {got.p50_ms:6.1f} ms  non-2xx {got.non_2xx}")  # fmt: skip
+                          f"p50 {got.p50_ms:6.1f} ms  non-2xx {got.non_2xx}  "
+                          f"socket errors {got.socket_errors}")  # fmt: skip
     rows = summary(results)
     print(table(rows))
     if not args.no_write:
@@ -105,7 +106,7 @@ def summary(results: dict[str, dict[str, list[Result]]]) -> list[Row]:
             route, through, direct, through / direct,
             statistics.median(r.p50_ms for r in sides["through"]),
             statistics.median(r.p50_ms for r in sides["direct"]),
-            sum(r.non_2xx for s in sides.values() for r in s),
+            sum(r.non_2xx + r.socket_errors for s in sides.values() for r in s),
         ))  # fmt: skip
     return rows
 
@@ -113,7 +114,7 @@ def summary(results: dict[str, dict[str, list[Result]]]) -> list[Row]:
 def table(rows: list[Row]) -> str:
     lines = [
         "| route | through the balancer (HTTPS) req/s | one web server (HTTP) req/s | ratio "
-        "| p50 through / direct (ms) | non-2xx |",
+        "| p50 through / direct (ms) | errors (non-2xx, socket) |",
         "|---|---|---|---|---|---|",
     ]
     for route, through, direct, ratio, p50t, p50d, bad in rows:

@@ -460,20 +460,30 @@ POST_SCRIPT = (
 @dataclass
 class WrkResult:
     rps: float
+    """wrk's Requests/sec: every answer counts, errors too (see non_2xx, socket_errors)."""
     p50_ms: float
     non_2xx: int
+    socket_errors: int = 0
+    """Connections that failed, reads or writes that failed, requests that timed out."""
 
 
 def parse_wrk(text: str) -> WrkResult:
-    """wrk's report: `Requests/sec:`, the 50 % line of --latency, and non-2xx answers."""
+    """wrk's report: `Requests/sec:`, the 50 % line of --latency, non-2xx answers and socket
+    errors (connect, read, write, timeout)."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\b", text, re.M)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
     if not rps or not p50:
         raise ValueError(f"not a wrk report: {text[-300:]!r}")
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
     return WrkResult(
-        float(rps.group(1)), float(p50.group(1)) * scale, int(bad.group(1)) if bad else 0
+        float(rps.group(1)),
+        float(p50.group(1)) * scale,
+        int(bad.group(1)) if bad else 0,
+        sum(int(n) for n in sockets.groups()) if sockets else 0,
     )
 
 

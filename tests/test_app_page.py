@@ -66,6 +66,8 @@ class FakeDB:
         """How many more writer connections fail before it answers (a brief gap)."""
         self.generation = 0
         """Bumped when the endpoints cut every session (a failover): older connections die."""
+        self.cut_after_commit = False
+        """The session is cut right after a COMMIT that succeeded (the next statement fails)."""
 
     def add(self, text: str, server: str = "web2") -> dict[str, Any]:
         created = dt.datetime(2026, 11, 29, 12, 0, len(self.notes) % 60, 123456)
@@ -109,6 +111,8 @@ class FakeConnection:
         self.pending.clear()
 
     def rollback(self) -> None:
+        if self.db.cut_after_commit:
+            raise mysql.connector.errors.OperationalError("2013: Lost connection during query")
         self.pending.clear()
 
     def ping(self, reconnect: bool = False) -> None:
@@ -592,6 +596,19 @@ def test_a_kept_connection_the_endpoint_cut_is_dropped_for_a_new_one(
     assert _write(client, "after the failover") == 201
     assert db.writer_connections == 2
     assert [n["text"] for n in db.notes] == ["before", "after the failover"]
+
+
+def test_a_session_cut_after_a_commit_that_succeeded_still_answers_201_once(
+    db: FakeDB, client: Any
+) -> None:
+    """The note is stored: the answer must say so (a 503 would tell the client nothing was
+    written, and a retry would store it twice); the cut connection is not kept."""
+    db.cut_after_commit = True
+    assert _write(client, "stored") == 201
+    db.cut_after_commit = False
+    assert _write(client, "next") == 201
+    assert db.writer_connections == 2
+    assert [n["text"] for n in db.notes] == ["stored", "next"]
 
 
 # --------------------------------------------------------------------------- the API, unchanged

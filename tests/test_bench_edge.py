@@ -25,15 +25,17 @@ Transfer/sec:      1.38MB
 
 def test_a_wrk_report_gives_requests_per_second_the_median_and_no_errors() -> None:
     got = edge.parse_wrk(REPORT)
-    assert (got.rps, got.p50_ms, got.non_2xx) == (903.80, 6.84, 0)
+    assert (got.rps, got.p50_ms, got.non_2xx, got.socket_errors) == (903.80, 6.84, 0, 0)
 
 
-def test_non_2xx_answers_and_other_latency_units_are_read() -> None:
+def test_errors_and_other_latency_units_are_read() -> None:
     text = REPORT.replace("     50%    6.84ms", "     50%  812.00us").replace(
-        "Requests/sec:", "  Non-2xx or 3xx responses: 17\nRequests/sec:"
+        "Requests/sec:",
+        "  Socket errors: connect 1, read 2, write 0, timeout 4\n"
+        "  Non-2xx or 3xx responses: 17\nRequests/sec:",
     )
     got = edge.parse_wrk(text)
-    assert (got.p50_ms, got.non_2xx) == (pytest.approx(0.812), 17)
+    assert (got.p50_ms, got.non_2xx, got.socket_errors) == (pytest.approx(0.812), 17, 7)
 
 
 def test_something_that_is_not_a_wrk_report_is_an_error() -> None:

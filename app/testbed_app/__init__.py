@@ -205,10 +205,14 @@ def connection(key: str, opener: Callable[[], Any]) -> Iterator[Any]:
     conn = _reused(kept, key) or opener()
     try:
         yield conn
-        conn.rollback()
     except BaseException:
         _discard(conn)
         raise
+    try:
+        conn.rollback()
+    except Exception:  # cut after a use that succeeded (a COMMIT that was answered): the
+        _discard(conn)  # answer stands; the connection is just not kept
+        return
     with _kept_lock:
         idle = kept.setdefault(key, [])
         if len(idle) < KEPT_PER_ENDPOINT:

@@ -65,7 +65,9 @@ def snmp_steps(ctx: HostContext) -> list[Step]:
             "# snmpd saves its users' keys in its state file and loads them again at start;\n"
             "# the managed config alone says who may ask (a changed password takes effect).\n"
             "# No MIB files are installed (Debian ships them apart): snmpd needs none.\n"
-            "[Service]\nEnvironment=MIBS=\n"
+            "# It binds one address: start once the network is up, and again if it failed.\n"
+            "[Unit]\nWants=network-online.target\nAfter=network-online.target\n"
+            "[Service]\nEnvironment=MIBS=\nRestart=on-failure\nRestartSec=2\n"
             f"ExecStartPre=-/bin/sed -i '/^usmUser /d' {SNMPD_STATE}\n",
             notify=["restart snmpd"],
             name="Ensure snmpd's users come from the managed config only.",
