@@ -67,6 +67,8 @@ class FakeDB:
         self.generation = 0
         """Bumped when the endpoints cut every session (a failover): older connections die."""
         self.cut_after_commit = False
+        self.cut_before_cursor = False
+        """The next cursor() finds its connection cut (after its ping passed)."""
         """The session is cut right after a COMMIT that succeeded (the next statement fails)."""
 
     def add(self, text: str, server: str = "web2") -> dict[str, Any]:
@@ -101,6 +103,9 @@ class FakeConnection:
         self.generation = db.generation
 
     def cursor(self, dictionary: bool = False) -> FakeCursor:
+        if self.db.cut_before_cursor:
+            self.db.cut_before_cursor = False
+            raise mysql.connector.errors.OperationalError("MySQL Connection not available.")
         return FakeCursor(self, dictionary)
 
     def commit(self) -> None:
@@ -609,6 +614,19 @@ def test_a_session_cut_after_a_commit_that_succeeded_still_answers_201_once(
     assert _write(client, "next") == 201
     assert db.writer_connections == 2
     assert [n["text"] for n in db.notes] == ["stored", "next"]
+
+
+def test_a_connection_cut_between_its_ping_and_the_insert_is_a_retried_refusal(
+    db: FakeDB, client: Any
+) -> None:
+    """Nothing was sent: the write is refused before COMMIT, tried again on a new connection,
+    and stored once. (A scaling run in CI answered one write 503 "could not answer
+    (OperationalError)": from this path or from a cut after COMMIT, both fixed.)"""
+    assert _write(client, "first") == 201
+    db.cut_before_cursor = True
+    assert _write(client, "second") == 201
+    assert [n["text"] for n in db.notes] == ["first", "second"]
+    assert db.writer_connections == 2
 
 
 # --------------------------------------------------------------------------- the API, unchanged

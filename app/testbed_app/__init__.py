@@ -354,8 +354,10 @@ def store_note(text: str) -> dict[str, Any]:
     """One try of save_note: NoWriter when nothing was stored (no writer, or refused before
     COMMIT); Refused(500) when the connection was lost during COMMIT."""
     with writer() as conn:
-        cur = conn.cursor()
         try:
+            # A kept connection the endpoint cut since its ping fails here, before anything
+            # was sent (the connector checks the connection for a new cursor): a refusal.
+            cur = conn.cursor()
             cur.execute("INSERT INTO notes (text, server) VALUES (%s, %s)", (text, SERVER))
             note_id = cur.lastrowid
             cur.execute("SELECT @@hostname")
