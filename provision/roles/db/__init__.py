@@ -260,7 +260,10 @@ def steps(ctx: HostContext) -> list[Step]:
     listen = dbcluster.node_address(topo, host)
     tls = dbcluster.uses_tls(topo)
     result: list[Step] = [
-        Packages(("mariadb-server", "mariadb-client"), name="Ensure MariaDB is installed."),
+        Packages(
+            ("mariadb-server", "mariadb-client", "python3-pymysql"),  # dbcheck's connection
+            name="Ensure MariaDB is installed.",
+        ),
         *(tls_steps(host) if tls else []),
         File(
             CONFIG,

@@ -6,9 +6,11 @@ the `dbcheck` user (MariaDB knows it through unix_socket; it may read replicatio
 set read_only and end the app's sessions, nothing else). docs/database.md explains the
 design; in short:
 
-* One thread reads MariaDB every 0.25 s (one client call, 1 s budget) into a cache. The
-  HTTP answers come from the cache, so a paused or slow MariaDB never stalls them: a
-  cache older than 1 s reads as "unresponsive".
+* One thread reads MariaDB every 0.25 s (1 s budget) into a cache, over one connection it
+  keeps (PyMySQL, the unix socket): starting a client for every read cost 50 ms on an idle
+  machine and over 1 s while a deploy kept the host's CPUs busy, enough to miss a lease
+  renewal. The HTTP answers come from the cache, so a paused or slow MariaDB never stalls
+  them: a cache older than 1 s reads as "unresponsive".
 * GET /      200 only when this node is the primary the writer endpoints may use:
              writable, replicating from no one, not fenced and, when leases are on
              (automatic failover), holding a lease. HAProxy on every app host checks it.
@@ -28,6 +30,7 @@ replica reached it for `lease_seconds`) fences itself: cut off from the others, 
 taking writes before the controller may promote anyone (the controller waits longer).
 """
 
+import contextlib
 import http.client
 import json
 import subprocess
@@ -38,6 +41,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CONFIG = sys.argv[1] if len(sys.argv) > 1 else "/etc/webinfra-testbed/dbcheck.json"
+SOCKET = "/run/mysqld/mysqld.sock"
 QUERY = (
     "SELECT /* dbcheck-poll */ @@read_only, @@gtid_current_pos, @@gtid_binlog_state, "
     "@@gtid_slave_pos, "
@@ -46,9 +50,9 @@ QUERY = (
     "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
     " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS'), "
     "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-    " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_NO_TX');\n"
-    "SHOW /* dbcheck-poll */ SLAVE STATUS\\G\n"
+    " WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_NO_TX')"
 )
+SLAVE_QUERY = "SHOW /* dbcheck-poll */ SLAVE STATUS"
 # How many of this agent's earlier polls MariaDB still runs. A poll that times out is
 # killed on this side, but its statement may stay blocked inside the server, holding a
 # connection: polling again on top of it, four times a second, once used up every
@@ -85,18 +89,10 @@ def log(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def sql(statement, timeout=1.0, names=False):
+def sql(statement, timeout=1.0):
+    """A statement through the mariadb client (the fence and the stuck-poll count: rare)."""
     return subprocess.run(
-        # --comments: the marker in QUERY reaches the server (STUCK_QUERY looks for it).
-        [
-            "mariadb",
-            "-B",
-            "--comments",
-            "--connect-timeout=1",
-            "-e",
-            statement,
-            *([] if names else ["-N"]),
-        ],
+        ["mariadb", "-B", "-N", "--connect-timeout=1", "-e", statement],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -114,15 +110,11 @@ def restarting():
     return unit in ("activating", "inactive", "failed", "deactivating")
 
 
-def parse(out):
-    """The client's answer to QUERY: a header, the SELECT's row, then SHOW's fields."""
-    lines = out.splitlines()
-    cols = (lines[1].split("\t") + [""] * 7)[:7] if len(lines) > 1 else [""] * 7
-    slave = {}
-    for line in lines[2:]:
-        key, sep, value = line.partition(":")
-        if sep and not key.startswith("*"):
-            slave[key.strip()] = value.strip()
+def state_of(row, slave):
+    """The poll's two answers (QUERY's row, SHOW SLAVE STATUS's fields) as the cache keeps
+    them; values as the mariadb client prints them (NULL for a missing lag)."""
+    cols = ["" if v is None else str(v) for v in (list(row or ()) + [None] * 7)[:7]]
+    slave = {k: "NULL" if v is None else str(v) for k, v in (slave or {}).items()}
     return {
         "mariadb": "up",
         "read_only": cols[0] == "1",
@@ -137,6 +129,75 @@ def parse(out):
         "sql_running": slave.get("Slave_SQL_Running", ""),
         "lag": slave.get("Seconds_Behind_Master", ""),
     }
+
+
+def dict_cursor():
+    import pymysql.cursors
+
+    return pymysql.cursors.DictCursor
+
+
+class PollTimeout(Exception):
+    """MariaDB did not answer the poll within its budget (it may still be running it)."""
+
+
+class PollError(Exception):
+    """MariaDB refused the poll or is not there; the message is the server's or the OS's."""
+
+
+class Poller:
+    """One connection to MariaDB, kept from poll to poll and used by one thread at a time
+    (the agent's poll lock). Any error drops it; a kept connection the server has closed
+    since (a restart, a killed session) is opened again once before the error counts."""
+
+    def __init__(self):
+        self.conn = None
+        self.budget = None
+
+    def drop(self):
+        if self.conn is not None:
+            with contextlib.suppress(Exception):  # a connection that timed out may be closed
+                self.conn.close()
+        self.conn = None
+
+    def connect(self, budget):
+        import pymysql  # Debian's python3-pymysql (the db role installs it)
+
+        self.conn = pymysql.connect(
+            unix_socket=SOCKET,
+            user="dbcheck",  # unix_socket authentication: the process's own user
+            connect_timeout=budget,
+            read_timeout=budget,
+            write_timeout=budget,
+            autocommit=True,
+        )
+        self.budget = budget
+
+    def poll(self, budget):
+        """QUERY and SHOW SLAVE STATUS, answered within `budget` seconds (each)."""
+        if self.conn is not None and self.budget != budget:
+            self.drop()  # the socket's timeout is set when it connects
+        for attempt in (0, 1):
+            kept = self.conn is not None
+            try:
+                if not kept:
+                    self.connect(budget)
+                with self.conn.cursor() as cur:
+                    cur.execute(QUERY)
+                    row = cur.fetchone()
+                with self.conn.cursor(dict_cursor()) as cur:
+                    cur.execute(SLAVE_QUERY)
+                    slave = cur.fetchone()
+                return state_of(row, slave)
+            except Exception as exc:
+                self.drop()
+                text = str(exc)
+                if "timed out" in text or isinstance(exc, TimeoutError):
+                    raise PollTimeout(text) from None
+                if kept and attempt == 0:
+                    continue  # the server closed a connection kept from an earlier poll
+                raise PollError(text) from None
+        raise PollError("unreachable")
 
 
 class Agent:
@@ -158,6 +219,7 @@ class Agent:
         """When a poll last showed this node a replica that applies (for /read)."""
         self.writable_at = 0.0
         """When a poll last showed this node a writable primary (for /)."""
+        self.poller = Poller()
         self.poll_lock = threading.Lock()
         """One poll at a time: a lease request waits for the running poll, rather than
         counting it as stuck (STUCK_QUERY) and backing off."""
@@ -176,22 +238,22 @@ class Agent:
             return self.timed_out(started, "earlier polls are still blocked in MariaDB")
         try:
             try:
-                state = parse(sql(QUERY, 0.4, names=True))  # SHOW SLAVE STATUS: field names
-            except subprocess.TimeoutExpired:
+                state = self.poller.poll(0.4)
+            except PollTimeout:
                 # Slow is not dead, unless systemd says the server is (re)starting: then
                 # it crashed or was killed, and comes back read-only after its recovery.
                 if restarting():
                     raise
-                state = parse(sql(QUERY, 0.6, names=True))
-        except subprocess.TimeoutExpired:
+                state = self.poller.poll(0.6)
+        except PollTimeout:
             return self.timed_out(started, "")
-        except (subprocess.CalledProcessError, OSError) as exc:
-            err = getattr(exc, "stderr", "") or str(exc)
+        except PollError as exc:
+            err = str(exc)
             # MAX_USER_CONNECTIONS reached: earlier polls are stuck inside a server that
             # is there (slow is not dead), not a server that is down.
             busy = "max_user_connections" in err or "1226" in err
             state = {"mariadb": "unresponsive" if busy else "down", "error": err.strip()[-200:]}
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, TypeError) as exc:
             state = {"mariadb": "unresponsive", "error": f"unreadable answer: {exc}"[:200]}
         state["at"] = started
         with self.lock:

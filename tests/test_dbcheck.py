@@ -1,0 +1,97 @@
+"""The database node's agent, the parts that are pure logic: how a poll's answers become
+the state the controller and the endpoints read, and how a failed poll is classified
+(provision/roles/db/files/dbcheck.py runs on every db host; its reads of a real MariaDB
+are proved by the failover tests and the drills on hardened)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "provision/roles/db/files/dbcheck.py"
+
+
+def load_module() -> Any:
+    spec = importlib.util.spec_from_file_location("dbcheck", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_primary_s_answers_read_as_a_writable_node_with_semi_sync() -> None:
+    m = load_module()
+    row = (0, "0-41-377", "0-41-377", "", "ON", "2", "0")
+    state = m.state_of(row, None)
+    assert state["mariadb"] == "up"
+    assert state["read_only"] is False
+    assert state["gtid_current_pos"] == "0-41-377"
+    assert (state["semisync_master"], state["semisync_clients"], state["semisync_no_tx"]) == (
+        "ON",
+        2,
+        0,
+    )
+    assert state["replicating_from"] == "" and state["io_running"] == ""
+
+
+def test_a_replica_s_answers_keep_the_client_s_spelling_of_a_missing_lag() -> None:
+    m = load_module()
+    row = (1, "0-41-9", "0-41-9", "0-41-9", None, None, None)
+    slave = {
+        "Master_Host": "192.168.57.41",
+        "Slave_IO_Running": "Connecting",
+        "Slave_SQL_Running": "Yes",
+        "Seconds_Behind_Master": None,
+    }
+    state = m.state_of(row, slave)
+    assert state["read_only"] is True
+    assert state["semisync_master"] == "?"  # the plugin's status is not there
+    assert state["semisync_clients"] == 0
+    assert state["replicating_from"] == "192.168.57.41"
+    assert (state["io_running"], state["sql_running"], state["lag"]) == (
+        "Connecting",
+        "Yes",
+        "NULL",
+    )
+
+
+class Refusing:
+    """Stands in for PyMySQL's connection: every query raises what the server would."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.closed = False
+
+    def cursor(self, *args: Any) -> Any:
+        raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    "error,kind",
+    [
+        (OSError(2013, "Lost connection to MySQL server during query (timed out)"), "PollTimeout"),
+        (TimeoutError("timed out"), "PollTimeout"),
+        (OSError(2003, "Can't connect to MySQL server (No such file or directory)"), "PollError"),
+        (OSError(1226, "User 'dbcheck' has exceeded the 'max_user_connections'"), "PollError"),
+    ],
+)
+def test_a_failed_poll_is_slow_or_refused_and_its_connection_is_dropped(
+    error: Exception, kind: str
+) -> None:
+    m = load_module()
+    poller = m.Poller()
+    kept = Refusing(error)
+    poller.conn, poller.budget = kept, 0.4
+    # A kept connection that fails other than by time is opened again once; here the
+    # reopening fails the same way (the server is gone), so the error counts.
+    poller.connect = lambda budget: setattr(poller, "conn", Refusing(error))
+    with pytest.raises(getattr(m, kind)):
+        poller.poll(0.4)
+    assert kept.closed, "a connection that failed is never used again"
+    assert poller.conn is None
