@@ -33,7 +33,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -162,12 +162,80 @@ class NoWriter(Exception):
     """No database node takes writes right now (failover in progress, or none leased)."""
 
 
+KEPT_PER_ENDPOINT = 2
+"""Idle connections a worker keeps per endpoint for its next requests. A gunicorn worker
+serves one request at a time, which holds at most one connection to each endpoint; the
+page's reads run beside it, on their own."""
+_kept: dict[str, list[Any]] = {}
+_kept_lock = threading.Lock()
+
+
+def _reused(kept: dict[str, list[Any]], key: str) -> Any | None:
+    """An idle connection kept for `key`, if one still answers a ping. The endpoints cut
+    every session to a node they stop using (`on-marked-down shutdown-sessions`): such a
+    connection fails its ping at once and is dropped, so a failover moves kept connections
+    exactly as it moves new ones."""
+    while True:
+        with _kept_lock:
+            idle = kept.get(key)
+            if not idle:
+                return None
+            conn = idle.pop()
+        try:
+            conn.ping(reconnect=False)
+            return conn
+        except Exception:  # cut by the endpoint, or timed out: never used again
+            _discard(conn)
+
+
+def _discard(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+@contextlib.contextmanager
+def connection(key: str, opener: Callable[[], Any]) -> Iterator[Any]:
+    """A database connection for one use: one this worker kept from an earlier request when
+    it still answers, else a new one from `opener`. Each new connection costs a handshake
+    (TLS, with db_tls: most of a request's time under load, docs/throughput.md), so a
+    connection whose use raised nothing is kept again, its transaction ended first (the next
+    use sees fresh data). After any error it is closed and forgotten: a connection in doubt
+    (a failed query, a COMMIT whose answer was lost) is never used again."""
+    kept = _kept  # where it goes back to, even from a page read that ends late
+    conn = _reused(kept, key) or opener()
+    try:
+        yield conn
+    except BaseException:
+        _discard(conn)
+        raise
+    try:
+        conn.rollback()
+    except Exception:  # cut after a use that succeeded (a COMMIT that was answered): the
+        _discard(conn)  # answer stands; the connection is just not kept
+        return
+    with _kept_lock:
+        idle = kept.setdefault(key, [])
+        if len(idle) < KEPT_PER_ENDPOINT:
+            idle.append(conn)
+            return
+    _discard(conn)
+
+
+def _open(endpoint: str) -> Callable[[], Any]:
+    return lambda: mysql.connector.connect(**_settings(endpoint))
+
+
 def connect() -> Any:
-    """A connection to the writer endpoint (the primary), or NoWriter."""
+    """A new connection to the writer endpoint (the primary), or NoWriter."""
     try:
         return mysql.connector.connect(**_settings())
     except mysql.connector.Error as exc:
         raise NoWriter(str(exc)) from exc
+
+
+def writer() -> contextlib.AbstractContextManager[Any]:
+    """A connection to the writer endpoint (the primary), or NoWriter."""
+    return connection("port", connect)
 
 
 def read(sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
@@ -177,31 +245,25 @@ def read(sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
     writer endpoint cuts sessions to a node that stops being primary) is asked again of
     the reader endpoint rather than failed."""
     try:
-        conn = connect()
-    except NoWriter:
-        conn = None
-    if conn is not None:
-        try:
+        with writer() as conn:
             return _rows(conn, sql, params)
-        except mysql.connector.Error:
-            pass
+    except (NoWriter, mysql.connector.Error):
+        pass
     try:
-        return _rows(mysql.connector.connect(**_settings("read_port")), sql, params)
+        with connection("read_port", _open("read_port")) as conn:
+            return _rows(conn, sql, params)
     except mysql.connector.Error:
         # The reader's first choice may have just gone silent (a paused primary, before
         # its check fails): half a second later the endpoint has moved on.
         time.sleep(READ_RETRY_SECONDS)
-        return _rows(mysql.connector.connect(**_settings("read_port")), sql, params)
+        with connection("read_port", _open("read_port")) as conn:
+            return _rows(conn, sql, params)
 
 
 def _rows(conn: Any, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-    try:
-        cur = conn.cursor(dictionary=True)
-        cur.execute(sql, params)
-        return list(cur.fetchall())
-    finally:
-        with contextlib.suppress(mysql.connector.Error):  # the endpoint may have cut it
-            conn.close()
+    cur = conn.cursor(dictionary=True)
+    cur.execute(sql, params)
+    return list(cur.fetchall())
 
 
 def error(status: int, message: str) -> tuple[Response, int]:
@@ -291,10 +353,11 @@ def save_note(text: str) -> dict[str, Any]:
 def store_note(text: str) -> dict[str, Any]:
     """One try of save_note: NoWriter when nothing was stored (no writer, or refused before
     COMMIT); Refused(500) when the connection was lost during COMMIT."""
-    conn = connect()
-    try:
-        cur = conn.cursor()
+    with writer() as conn:
         try:
+            # A kept connection the endpoint cut since its ping fails here, before anything
+            # was sent (the connector checks the connection for a new cursor): a refusal.
+            cur = conn.cursor()
             cur.execute("INSERT INTO notes (text, server) VALUES (%s, %s)", (text, SERVER))
             note_id = cur.lastrowid
             cur.execute("SELECT @@hostname")
@@ -308,8 +371,6 @@ def store_note(text: str) -> dict[str, Any]:
             # Lost during COMMIT: it may have been applied. Say so; never claim either.
             raise Refused(500, "the database connection was lost during commit: "
                           "the note may or may not have been saved") from None  # fmt: skip
-    finally:
-        conn.close()
     return {"id": note_id, "text": text, "server": SERVER, "db": db_node}
 
 
@@ -430,16 +491,12 @@ class Look:
 
 
 def look(endpoint: str, status_sql: str) -> Look:
-    conn = page_connect(endpoint)
-    try:
+    with connection(f"page-{endpoint}", lambda: page_connect(endpoint)) as conn:
         cur = conn.cursor(dictionary=True)
         cur.execute(status_sql)
         (row,) = cur.fetchall()
         cur.execute(LATEST_NOTES, (PAGE_NOTES,))
         notes = list(cur.fetchall())
-    finally:
-        with contextlib.suppress(Exception):  # the endpoint may have cut it
-            conn.close()
     return Look(str(row["node"]), str(row["position"] or ""), notes)
 
 
