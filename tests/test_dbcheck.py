@@ -5,21 +5,15 @@ are proved by the failover tests and the drills on hardened)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "provision/roles/db/files/dbcheck.py"
+from tests import scripts
 
 
 def load_module() -> Any:
-    spec = importlib.util.spec_from_file_location("dbcheck", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("provision/roles/db/files/dbcheck.py")
 
 
 def test_a_primary_s_answers_read_as_a_writable_node_with_semi_sync() -> None:

@@ -4,23 +4,19 @@ methods, replaced here). The real thing is proved by the drills on hardened."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "provision/roles/dbwatch/files/dbwatch.py"
+from tests import scripts
+
 ADDRESS = {"db1": "10.0.0.41", "db2": "10.0.0.42", "db3": "10.0.0.43"}
 
 
 def load_module() -> Any:
-    spec = importlib.util.spec_from_file_location("dbwatch", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("provision/roles/dbwatch/files/dbwatch.py")
 
 
 class Stub:
