@@ -76,6 +76,14 @@ def host_key_policy(endpoint: Endpoint, known_hosts: Path) -> Any:
     return RecordFirstKey() if endpoint.record_new_key else RequireKnownKey()
 
 
+NICE = "nice -n 10"
+"""The deploy's commands run below the services they configure: on a 2-core host a deploy
+of ten machines keeps both cores busy, and the database nodes' agents, the app hosts'
+database endpoints and the balancers' health checks must still answer in time (a check
+that misses its half second cuts sessions; docs/scaling.md). Services the deploy starts
+or restarts run at their own priority: systemd starts them, not this shell."""
+
+
 class Remote:
     """A machine reached over SSH, with root rights through passwordless sudo."""
 
@@ -158,7 +166,8 @@ class Remote:
         if stdin is not None:
             tmp = shlex.quote(self.put_bytes(stdin.encode()))
             script = f"( {script} ) < {tmp}; rc=$?; rm -f {tmp}; exit $rc"
-        wrapped = script if self._root else f"sudo -n -- sh -c {shlex.quote(script)}"
+        sudo = "" if self._root else "sudo -n -- "
+        wrapped = f"{NICE} {sudo}sh -c {shlex.quote(script)}"
         res = self.conn.run(wrapped, hide=True, warn=True, in_stream=False)
         result = CommandResult(res.exited, res.stdout, res.stderr)
         if check and not result.ok:
@@ -169,7 +178,7 @@ class Remote:
         """Run a shell script as root in one round trip, sent on the session's standard
         input: many checks at the cost of one command, and what they read on their own
         input (SQL with passwords) never shows in `ps`. Its standard error is discarded."""
-        shell = "sh -s" if self._root else "sudo -n -- sh -s"
+        shell = f"{NICE} sh -s" if self._root else f"{NICE} sudo -n -- sh -s"
         if not self.conn.is_connected:
             self.connect()
         chan = self.conn.client.get_transport().open_session()
