@@ -138,6 +138,14 @@ one that goes is drained before anything is removed. `acceptance/test_scale.py` 
 """
 
 
+def written_by_hand(doc: Path) -> str:
+    """The sections after the measured part (each a "## " heading): a new measurement
+    replaces the table and the plot, never the account of earlier runs."""
+    text = doc.read_text() if doc.exists() else ""
+    start = text.find("\n## ")
+    return text[start:] if start >= 0 else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
@@ -152,7 +160,7 @@ def main() -> int:
             runs.append(one(topo, Path(tmp)))
         print(f"  failed: {runs[-1].failed} of {len(runs[-1].records)}", flush=True)
     plot(runs[-1])
-    DOC.write_text(render(runs, topo))
+    DOC.write_text(render(runs, topo) + written_by_hand(DOC))
     print(f"wrote {DOC.relative_to(PROJECT_ROOT)} and {PLOT.relative_to(PROJECT_ROOT)}")
     return 0
 

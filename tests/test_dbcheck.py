@@ -5,6 +5,7 @@ are proved by the failover tests and the drills on hardened)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -89,3 +90,68 @@ def test_a_failed_poll_is_slow_or_refused_and_its_connection_is_dropped(
         poller.poll(0.4)
     assert kept.closed, "a connection that failed is never used again"
     assert poller.conn is None
+
+
+class Answering:
+    """Stands in for PyMySQL's connection to a server that takes `delay` seconds over each
+    query: like PyMySQL, a query gives up with "timed out" once `_read_timeout` has passed."""
+
+    def __init__(self, delay: float, row: tuple[Any, ...]) -> None:
+        self.delay, self.row = delay, row
+        self._read_timeout = self._write_timeout = 10.0
+
+    def cursor(self, *args: Any) -> Any:
+        conn = self
+
+        class Cursor:
+            description: list[tuple[str, ...]] = []
+            asked = ""
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                pass
+
+            def execute(self, statement: str) -> None:
+                if conn.delay > conn._read_timeout:
+                    time.sleep(conn._read_timeout)
+                    raise OSError(2013, "Lost connection to MySQL server during query (timed out)")
+                time.sleep(conn.delay)
+                self.asked = statement
+
+            def fetchone(self) -> Any:
+                return conn.row if self.asked.startswith("SELECT") else None  # no replica
+
+        return Cursor()
+
+    def close(self) -> None:
+        pass
+
+
+PRIMARY_ROW = (0, "0-41-377", "0-41-377", "", "ON", "2", "0")
+
+
+def test_a_poll_s_budget_covers_both_of_its_queries() -> None:
+    """Two queries of 0.3 s each do not fit in a 0.4 s poll: the second gets what is left
+    (PyMySQL's time-out is per read; the old client call was bounded as a whole)."""
+    m = load_module()
+    poller = m.Poller()
+    poller.conn = Answering(0.3, PRIMARY_ROW)
+    started = time.monotonic()
+    with pytest.raises(m.PollTimeout):
+        poller.poll(0.4)
+    assert time.monotonic() - started < 0.55
+    assert poller.conn is None
+    poller.conn = Answering(0.1, PRIMARY_ROW)
+    assert poller.poll(0.4)["gtid_current_pos"] == "0-41-377"
+
+
+def test_an_unreadable_answer_is_not_a_server_that_is_down() -> None:
+    """A row the agent cannot read is its own problem ("unresponsive" in the agent), never
+    a PollError, which would report MariaDB down and let the controller fail over sooner."""
+    m = load_module()
+    poller = m.Poller()
+    poller.conn = Answering(0.0, (0, "", "", "", "ON", "two", "0"))
+    with pytest.raises(ValueError):
+        poller.poll(0.4)

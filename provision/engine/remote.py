@@ -77,21 +77,24 @@ def host_key_policy(endpoint: Endpoint, known_hosts: Path) -> Any:
 
 
 NICE = "nice -n 10"
-"""The deploy's commands run below the services they configure: on a 2-core host a deploy
-of ten machines keeps both cores busy, and the database nodes' agents, the app hosts'
-database endpoints and the balancers' health checks must still answer in time (a check
-that misses its half second cuts sessions; docs/scaling.md). Services the deploy starts
-or restarts run at their own priority: systemd starts them, not this shell."""
+"""The deploy's commands run below the services they configure (Remote(..., background=True),
+the deploy engine only): on a 2-core host a deploy of nine or ten machines keeps both cores
+busy, and the database nodes' agents, the app hosts' database endpoints and the balancers'
+health checks must still answer in time (a check that misses its half second cuts
+sessions; docs/scaling.md). Services the deploy starts or restarts run at their own
+priority: systemd starts them, not this shell. Drills, probes and benches run at the
+normal priority: their timings are what they measure."""
 
 
 class Remote:
     """A machine reached over SSH, with root rights through passwordless sudo."""
 
-    def __init__(self, host: Host, endpoint: Endpoint) -> None:
+    def __init__(self, host: Host, endpoint: Endpoint, *, background: bool = False) -> None:
         from fabric import Config, Connection
 
         self.host = host
         self.endpoint = endpoint
+        self._nice = f"{NICE} " if background else ""
         self.conn = Connection(
             endpoint.hostname,
             user=endpoint.user,
@@ -167,7 +170,7 @@ class Remote:
             tmp = shlex.quote(self.put_bytes(stdin.encode()))
             script = f"( {script} ) < {tmp}; rc=$?; rm -f {tmp}; exit $rc"
         sudo = "" if self._root else "sudo -n -- "
-        wrapped = f"{NICE} {sudo}sh -c {shlex.quote(script)}"
+        wrapped = f"{self._nice}{sudo}sh -c {shlex.quote(script)}"
         res = self.conn.run(wrapped, hide=True, warn=True, in_stream=False)
         result = CommandResult(res.exited, res.stdout, res.stderr)
         if check and not result.ok:
@@ -178,7 +181,7 @@ class Remote:
         """Run a shell script as root in one round trip, sent on the session's standard
         input: many checks at the cost of one command, and what they read on their own
         input (SQL with passwords) never shows in `ps`. Its standard error is discarded."""
-        shell = f"{NICE} sh -s" if self._root else f"{NICE} sudo -n -- sh -s"
+        shell = f"{self._nice}sh -s" if self._root else f"{self._nice}sudo -n -- sh -s"
         if not self.conn.is_connected:
             self.connect()
         chan = self.conn.client.get_transport().open_session()

@@ -279,7 +279,7 @@ def _host_worker(
         endpoint = endpoints[host.name]
         step = f"Connect over SSH to {endpoint.user}@{endpoint.hostname}:{endpoint.port}."
         try:
-            remote = Remote(host, endpoint)
+            remote = Remote(host, endpoint, background=True)  # below the services
             remote.connect()
         except Exception as exc:
             printer.step(host.name, "FAILED", step, f"{type(exc).__name__}: {exc}")
@@ -297,7 +297,7 @@ def _host_worker(
         return
 
     def peer(name: str) -> Remote:
-        return Remote(topology.hosts[name], endpoints[name])
+        return Remote(topology.hosts[name], endpoints[name], background=True)
 
     ctx = HostContext(topology, host, {**facts, **shared_facts}, peer)
     first = host.name not in contexts

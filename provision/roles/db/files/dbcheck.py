@@ -131,18 +131,20 @@ def state_of(row, slave):
     }
 
 
-def dict_cursor():
-    import pymysql.cursors
-
-    return pymysql.cursors.DictCursor
-
-
 class PollTimeout(Exception):
     """MariaDB did not answer the poll within its budget (it may still be running it)."""
 
 
 class PollError(Exception):
     """MariaDB refused the poll or is not there; the message is the server's or the OS's."""
+
+
+def left(deadline):
+    """Seconds until `deadline` (time.monotonic()); PollTimeout once none are left."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise PollTimeout("the poll's budget ran out")
+    return remaining
 
 
 class Poller:
@@ -152,7 +154,6 @@ class Poller:
 
     def __init__(self):
         self.conn = None
-        self.budget = None
 
     def drop(self):
         if self.conn is not None:
@@ -171,32 +172,45 @@ class Poller:
             write_timeout=budget,
             autocommit=True,
         )
-        self.budget = budget
+
+    def limit(self, deadline):
+        """Give the next query what is left of the poll's budget. PyMySQL (1.0) sets the
+        socket's time-out from these before every read and write, so without this each
+        read would get the whole budget again."""
+        self.conn._read_timeout = self.conn._write_timeout = left(deadline)
+
+    def ask(self, deadline):
+        if self.conn is None:
+            self.connect(left(deadline))
+        self.limit(deadline)
+        with self.conn.cursor() as cur:
+            cur.execute(QUERY)
+            row = cur.fetchone()
+        self.limit(deadline)
+        with self.conn.cursor() as cur:
+            cur.execute(SLAVE_QUERY)
+            values = cur.fetchone()  # None on a node that replicates from no one
+            names = [d[0] for d in cur.description or ()]
+            slave = dict(zip(names, values, strict=False)) if values else None
+        return row, slave
 
     def poll(self, budget):
-        """QUERY and SHOW SLAVE STATUS, answered within `budget` seconds (each)."""
-        if self.conn is not None and self.budget != budget:
-            self.drop()  # the socket's timeout is set when it connects
+        """QUERY and SHOW SLAVE STATUS, both answered within `budget` seconds in all (a
+        new connection's handshake included, give or take one read)."""
+        deadline = time.monotonic() + budget
         for attempt in (0, 1):
             kept = self.conn is not None
             try:
-                if not kept:
-                    self.connect(budget)
-                with self.conn.cursor() as cur:
-                    cur.execute(QUERY)
-                    row = cur.fetchone()
-                with self.conn.cursor(dict_cursor()) as cur:
-                    cur.execute(SLAVE_QUERY)
-                    slave = cur.fetchone()
-                return state_of(row, slave)
-            except Exception as exc:
+                row, slave = self.ask(deadline)
+            except Exception as exc:  # PyMySQL's errors, the OS's, or the budget's end
                 self.drop()
-                text = str(exc)
-                if "timed out" in text or isinstance(exc, TimeoutError):
+                text = str(exc) or type(exc).__name__
+                if isinstance(exc, (PollTimeout, TimeoutError)) or "timed out" in text:
                     raise PollTimeout(text) from None
                 if kept and attempt == 0:
                     continue  # the server closed a connection kept from an earlier poll
                 raise PollError(text) from None
+            return state_of(row, slave)  # an unreadable answer raises here, not "down"
         raise PollError("unreachable")
 
 
