@@ -7,8 +7,9 @@ same way and pass. On seed, the tests also compare what they observe with these 
 Change them only when the design changes, by hand.
 
 Seed: lb1 (public 192.168.56.10, private 192.168.57.10), web1 (192.168.57.21; nginx, app,
-the MariaDB primary), web2 (192.168.57.22; nginx, app, the replica), monitor (192.168.57.30),
-client (192.168.56.100). TLS ends at lb1; automatic failover is off.
+the MariaDB primary), web2 (192.168.57.22; nginx, app, the replica), monitor (private
+192.168.57.30, public 192.168.56.30), client (192.168.56.100). TLS ends at lb1; automatic
+failover is off.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ SEED_OPEN = {
     ("monitor", "lb1", LB1, 8404),
     ("monitor", "lb1", LB1, 443),
     ("monitor", "lb1", LB1, 80),
+    # ...and as a user reaches it, from the users' network at the site's public address.
+    # Nothing else crosses that network to or from the monitor: the client reaches none of
+    # its ports there, and the balancer pushes its metrics and logs over the private one.
+    ("monitor", "lb1", LB1_PUBLIC, 443),
+    ("monitor", "lb1", LB1_PUBLIC, 80),
 }
 """(source, destination, address, port) that must connect; every other probe must not."""
 

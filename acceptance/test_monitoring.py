@@ -181,6 +181,32 @@ def test_the_monitor_s_synthetic_checks_of_the_site_and_its_ports_pass() -> None
         assert 0 < days <= 90, (r["metric"], days)  # type: ignore[index]
 
 
+def test_the_monitor_checks_the_site_where_the_client_reaches_it(
+    machines: dict[str, testinfra.host.Host],
+) -> None:
+    """The site is checked as a user reaches it: at the address the outside client's
+    machine resolves the site's name to (the floating address in hardened), over the users'
+    network, not only on each balancer's private address. Passing, with the 301 on 80."""
+    client = machines[TOPOLOGY.with_role("client")[0].name]
+    line = client.check_output(f"getent ahostsv4 {TOPOLOGY.site.name}").splitlines()[0]
+    address = line.split()[0]
+
+    def at_user_address() -> dict[str, str]:
+        return {
+            r["metric"]["job"]: r["value"][1]  # type: ignore[index]
+            for r in query(f'probe_success{{instance=~"https?://{address}:[0-9]+/"}}')
+        }
+
+    want = {"probe-site_https": "1", "probe-site_redirect": "1"}
+    assert eventually(lambda: at_user_address() == want, 30), (address, at_user_address())
+    # Over the monitor's own address on the users' network: the check leaves the monitor
+    # there, as a user's request would (the route to the site's address).
+    mon = monitoring.monitor_host(TOPOLOGY)
+    assert mon is not None
+    route = machines[mon.name].check_output(f"ip -4 route get {address}")
+    assert f"src {mon.addresses['public']}" in route, route
+
+
 def test_a_balancer_whose_haproxy_stops_fires_and_resolves_the_site_probe_alert(
     machines: dict[str, testinfra.host.Host], endpoints: object
 ) -> None:

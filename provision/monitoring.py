@@ -29,11 +29,20 @@ def monitor_host(topology: Topology) -> Host | None:
 
 
 def reporting_hosts(topology: Topology) -> list[Host]:
-    """Hosts whose agent can reach the monitor (the outside client cannot, by design)."""
+    """Hosts whose agent a flow lets push to the monitor (the outside client, which shares
+    only the users' network with it, may not), and the monitor itself."""
     mon = monitor_host(topology)
     if mon is None:
         return []
-    return [h for h in topology if h is mon or topology.shared_networks(h, mon)]
+    if "prometheus" not in topology.ports:
+        return [mon]
+    port = topology.port("prometheus")
+    pushing = {
+        p.source.name
+        for p in topology.allowed_paths()
+        if p.dest is mon and p.port == port and p.proto == "tcp"
+    }
+    return [h for h in topology if h is mon or h.name in pushing]
 
 
 def targets(topology: Topology, host: Host) -> list[Target]:
@@ -66,6 +75,8 @@ class Probe:
     role: str
     service: str
     """The name under `ports:` of the port checked."""
+    network: str = ""
+    """The network the check goes over: the private one, or the users' (as a user would)."""
 
 
 SITE_MODULES = {"site-https": ("site_https", "https"), "site-http": ("site_redirect", "http")}
@@ -78,32 +89,28 @@ each node answers for it."""
 
 def probes(topology: Topology) -> list[Probe]:
     """Every check the monitor runs: a TCP connect to each port a flow lets it reach, and on
-    the site's ports of each balancer, the site itself (HTTPS for the site's name, with the
-    testbed CA) and the redirect to HTTPS. Only what the topology's flows allow the monitor
-    to reach, each at the address the firewall lets it use."""
+    the site's ports, the site itself (HTTPS for the site's name, with the testbed CA) and
+    the redirect to HTTPS: at each balancer's private address, and at the site's public
+    address as a user reaches it (the floating address where there is one, checked once,
+    under the address's name). Only what the flows allow, at the address they allow."""
     mon = monitor_host(topology)
     if mon is None:
         return []
-    found: list[Probe] = []
-    for flow in topology.flows:
-        if flow.proto != "tcp" or not mon.has_role(flow.source) or flow.service in NO_TCP_PROBE:
+    floating = {v.address: v for v in topology.vips.values()}
+    found: set[Probe] = set()
+    for path in topology.allowed_paths():
+        if path.source is not mon or path.proto != "tcp" or path.service in NO_TCP_PROBE:
             continue
-        for dest in topology.with_role(flow.dest):
-            if dest is mon:
-                continue
-            for net in topology.shared_networks(mon, dest):
-                if not topology.is_allowed(mon.name, dest.name, net, flow.port):
-                    continue
-                address = dest.addresses[net]
-                role = ",".join(dest.roles)
-                found.append(
-                    Probe("tcp_connect", f"{address}:{flow.port}", dest.name, role, flow.service)
-                )
-                if flow.service in SITE_MODULES:
-                    module, scheme = SITE_MODULES[flow.service]
-                    url = f"{scheme}://{address}:{flow.port}/"
-                    found.append(Probe(module, url, dest.name, role, flow.service))
-    return sorted(set(found), key=lambda p: (p.module, p.host, p.target))
+        vip = floating.get(path.address)
+        host = vip.name if vip else path.dest.name
+        role = vip.role if vip else ",".join(path.dest.roles)
+        address, port, net = path.address, path.port, path.network
+        found.add(Probe("tcp_connect", f"{address}:{port}", host, role, path.service, net))
+        if path.service in SITE_MODULES:
+            module, scheme_ = SITE_MODULES[path.service]
+            url = f"{scheme_}://{address}:{port}/"
+            found.add(Probe(module, url, host, role, path.service, net))
+    return sorted(found, key=lambda p: (p.module, p.host, p.target))
 
 
 AGENT_USER = "agent"
@@ -228,12 +235,7 @@ def snmp_address(topology: Topology, host: Host) -> str:
     (the private one), never the management or public interface."""
     mon = monitor_host(topology)
     assert mon is not None
-    return str(host.addresses[_shared_or_own(topology, mon, host)])
-
-
-def _shared_or_own(topology: Topology, mon: Host, host: Host) -> str:
-    shared = topology.shared_networks(mon, host)
-    return shared[0] if shared else next(iter(host.addresses))
+    return str(host.addresses[topology.network_between(mon, host) or next(iter(host.addresses))])
 
 
 def snmp_targets(topology: Topology) -> list[Probe]:

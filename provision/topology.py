@@ -80,6 +80,10 @@ class Network:
     name: str
     cidr: ipaddress.IPv4Network
     description: str = ""
+    users: bool = False
+    """Users come from this network (`users: true`): hosts that share another network with
+    each other talk over that one, and reach each other here only where a flow says
+    `network:` this one (the monitor checking the site as a user would)."""
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -129,6 +133,9 @@ class Flow:
     why: str = ""
     service: str = ""
     """The name under `ports:` the flow's port comes from."""
+    network: str = ""
+    """The network the flow opens (`network:`); without it, the network the two hosts talk
+    over (Topology.network_between)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,8 @@ class Path_:
     port: int
     proto: str
     why: str
+    service: str = ""
+    """The name under `ports:` of the flow's port."""
 
 
 @dataclass(frozen=True)
@@ -214,16 +223,25 @@ class Topology:
     def shared_networks(self, a: Host, b: Host) -> list[str]:
         return [n for n in a.addresses if n in b.addresses]
 
+    def network_between(self, a: Host, b: Host) -> str | None:
+        """The network `a` and `b` talk over: the first they share (in `a`'s order) that is
+        not the users' network (`users: true`), else the first they share; None if none."""
+        shared = self.shared_networks(a, b)
+        inside = [n for n in shared if not self.networks[n].users]
+        return (inside or shared)[0] if shared else None
+
     def address_for(self, viewer: Host, target: Host) -> ipaddress.IPv4Address:
-        """The address `viewer` should use for `target`: on a shared network if any."""
-        shared = self.shared_networks(viewer, target)
-        return target.addresses[shared[0]] if shared else target.primary_address
+        """The address `viewer` should use for `target`: on the network they talk over
+        (network_between) if they share one."""
+        net = self.network_between(viewer, target)
+        return target.addresses[net] if net else target.primary_address
 
     def allowed_paths(self) -> list[Path_]:
         """Every (source host, destination address, port) the flows allow.
 
-        A flow applies on each network that the source and destination share; a
-        host never needs a flow to reach itself.
+        A flow applies on the network the source and destination talk over
+        (network_between), or on the one it names (`network:`) if they share it; a host
+        never needs a flow to reach itself.
         """
         paths: dict[tuple[str, str, str, int, str], Path_] = {}
         for flow in self.flows:
@@ -231,7 +249,10 @@ class Topology:
                 for dst in self.with_role(flow.dest):
                     if src.name == dst.name:
                         continue
+                    wanted = flow.network or self.network_between(src, dst)
                     for net in self.shared_networks(src, dst):
+                        if net != wanted:
+                            continue
                         # A role that holds a floating address on this network is reached
                         # there only, never at one machine's own address (VRRP excepted).
                         floating = [
@@ -244,7 +265,16 @@ class Topology:
                             key = (src.name, dst.name, str(address), flow.port, flow.proto)
                             paths.setdefault(
                                 key,
-                                Path_(src, dst, net, address, flow.port, flow.proto, flow.why),
+                                Path_(
+                                    src,
+                                    dst,
+                                    net,
+                                    address,
+                                    flow.port,
+                                    flow.proto,
+                                    flow.why,
+                                    flow.service,
+                                ),
                             )
         return list(paths.values())
 
@@ -506,7 +536,7 @@ class _Parser:
                     f"hosts.{group}", "no host group with a `count:` by that name to scale"
                 )
         vips = self.vips(top.get("vips") or {}, networks, hosts)
-        flows = self.flows(top["flows"], hosts, options)
+        flows = self.flows(top["flows"], hosts, options, networks)
         unused = sorted(set(self.ports) - self.flow_services - self.forwarded_names)
         if unused:  # a named port no flow uses: a listener nothing may reach
             raise self.fail(f"ports.{unused[0]}", "no flow or forward uses this port")
@@ -572,7 +602,7 @@ class _Parser:
         networks: dict[str, Network] = {}
         for name, spec in value.items():
             key = f"networks.{name}"
-            spec = self.mapping(spec, key, {"cidr", "description"}, {"cidr"})
+            spec = self.mapping(spec, key, {"cidr", "description", "users"}, {"cidr"})
             try:
                 cidr = ipaddress.IPv4Network(str(spec["cidr"]), strict=True)
             except ValueError as exc:
@@ -582,7 +612,12 @@ class _Parser:
                     raise self.fail(
                         f"{key}.cidr", f"{cidr} overlaps network {other.name} ({other.cidr})"
                     )
-            networks[str(name)] = Network(str(name), cidr, str(spec.get("description") or ""))
+            users = spec.get("users", False)
+            if not isinstance(users, bool):
+                raise self.fail(f"{key}.users", f"expected true or false, got {users!r}")
+            networks[str(name)] = Network(
+                str(name), cidr, str(spec.get("description") or ""), users
+            )
         return networks
 
     def hosts(self, value: Any, networks: Mapping[str, Network]) -> dict[str, Host]:
@@ -801,19 +836,23 @@ class _Parser:
             )
 
     def flows(
-        self, value: Any, hosts: Mapping[str, Host], options: Mapping[str, Any]
+        self,
+        value: Any,
+        hosts: Mapping[str, Host],
+        options: Mapping[str, Any],
+        networks: Mapping[str, Network],
     ) -> tuple[Flow, ...]:
         if not isinstance(value, list):
             raise self.fail("flows", "expected a list of flows")
         flows: list[Flow] = []
-        seen: set[tuple[str, str, int, str]] = set()
+        seen: set[tuple[str, str, int, str, str]] = set()
         used_roles = {r for h in hosts.values() for r in h.roles}
         for i, spec in enumerate(value):
             key = f"flows[{i}]"
             spec = self.mapping(
                 spec,
                 key,
-                {"from", "to", "port", "proto", "why", "when", "unless"},
+                {"from", "to", "port", "proto", "why", "when", "unless", "network"},
                 {"from", "to"},
             )
             active = True
@@ -853,12 +892,16 @@ class _Parser:
                     raise self.fail(f"{key}.port", "missing required key")
                 service, port = self.named_port(spec["port"], f"{key}.port")
                 self.flow_services.add(service)
-            ident = (ends[0], ends[1], port, proto)
+            network = spec.get("network", "")
+            if network and network not in networks:
+                raise self.fail(
+                    f"{key}.network", f"unknown network {network!r} (known: {', '.join(networks)})"
+                )
+            ident = (ends[0], ends[1], port, proto, str(network))
             if ident in seen:
                 raise self.fail(key, f"duplicate flow {ends[0]} -> {ends[1]} {port}/{proto}")
             seen.add(ident)
             if active:
-                flows.append(
-                    Flow(ends[0], ends[1], port, proto, str(spec.get("why") or ""), service)
-                )
+                why = str(spec.get("why") or "")
+                flows.append(Flow(ends[0], ends[1], port, proto, why, service, str(network)))
         return tuple(flows)

@@ -85,14 +85,14 @@ def test_the_web_tier_scales_by_its_count() -> None:
     [
         (("address",), "vips.site.address", "already used by lb1"),
         (("network",), "vips.site.network", "unknown network"),
-        (("role",), "vips.site.role", "no host with role 'monitor' is on network public"),
+        (("role",), "vips.site.role", "no host with role 'db-primary' is on network public"),
     ],
 )
 def test_a_bad_floating_address_is_rejected_naming_the_key(
     change: tuple[str], key: str, problem: str
 ) -> None:
     doc = yaml.safe_load(TEXT)
-    value = {"address": "192.168.56.11", "network": "dmz", "role": "monitor"}[change[0]]
+    value = {"address": "192.168.56.11", "network": "dmz", "role": "db-primary"}[change[0]]
     doc["vips"]["site"][change[0]] = value
     with pytest.raises(topology.TopologyError) as info:
         topology.parse(yaml.safe_dump(doc), "bad.yml")

@@ -3,6 +3,8 @@ and the mtail programs' compile check. Pure logic; no machine involved."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 import yaml
 
@@ -12,24 +14,40 @@ from provision.roles import monitor
 from provision.topology import Topology, load
 
 
-def test_seed_checks_the_site_and_the_balancer_s_ports_at_its_private_address() -> None:
-    # Written by hand from the seed design: the monitor shares only the private network
-    # with lb1 (192.168.57.10); it may reach HAProxy's stats port and the site's ports.
-    found = {(p.module, p.target, p.host, p.service) for p in monitoring.probes(load("seed"))}
+def test_seed_checks_the_site_at_the_balancer_s_private_and_public_addresses() -> None:
+    # Written by hand from the seed design: the monitor shares the private network with
+    # lb1 (192.168.57.10), where it may reach HAProxy's stats port and the site's ports,
+    # and the users' network (lb1 at 192.168.56.10, where the client goes), where it may
+    # reach the site's ports only.
+    found = {
+        (p.module, p.target, p.host, p.service, p.network) for p in monitoring.probes(load("seed"))
+    }
     assert found == {
-        ("site_https", "https://192.168.57.10:443/", "lb1", "site-https"),
-        ("site_redirect", "http://192.168.57.10:80/", "lb1", "site-http"),
-        ("tcp_connect", "192.168.57.10:443", "lb1", "site-https"),
-        ("tcp_connect", "192.168.57.10:80", "lb1", "site-http"),
-        ("tcp_connect", "192.168.57.10:8404", "lb1", "haproxy-stats"),
+        ("site_https", "https://192.168.57.10:443/", "lb1", "site-https", "private"),
+        ("site_redirect", "http://192.168.57.10:80/", "lb1", "site-http", "private"),
+        ("tcp_connect", "192.168.57.10:443", "lb1", "site-https", "private"),
+        ("tcp_connect", "192.168.57.10:80", "lb1", "site-http", "private"),
+        ("tcp_connect", "192.168.57.10:8404", "lb1", "haproxy-stats", "private"),
+        ("site_https", "https://192.168.56.10:443/", "lb1", "site-https", "public"),
+        ("site_redirect", "http://192.168.56.10:80/", "lb1", "site-http", "public"),
+        ("tcp_connect", "192.168.56.10:443", "lb1", "site-https", "public"),
+        ("tcp_connect", "192.168.56.10:80", "lb1", "site-http", "public"),
     }
 
 
-def test_hardened_checks_each_balancer_and_never_connects_bare_to_mariadb() -> None:
+def test_hardened_checks_each_balancer_and_the_floating_address_once() -> None:
     topo = load("hardened")
     probes = monitoring.probes(topo)
-    site = {p.host for p in probes if p.module == "site_https"}
-    assert site == {h.name for h in topo.with_role("lb")}
+    # Each balancer on its private address, and the site where users reach it: the
+    # floating address 192.168.56.10 (written by hand from hardened.yml), once, under its
+    # name, never a balancer's own public address.
+    site = {(p.host, p.target, p.network) for p in probes if p.module == "site_https"}
+    assert site == {
+        ("lb1", "https://192.168.57.11:443/", "private"),
+        ("lb2", "https://192.168.57.12:443/", "private"),
+        ("site", "https://192.168.56.10:443/", "public"),
+    }
+    assert not [p for p in probes if "192.168.56.11" in p.target or "192.168.56.12" in p.target]
     assert not [p for p in probes if p.service == "mysql"]
     # The database nodes' agents are checked instead (the controller's flow).
     db = {p.host for p in probes if p.service == "dbcheck"}
@@ -39,8 +57,9 @@ def test_hardened_checks_each_balancer_and_never_connects_bare_to_mariadb() -> N
     assert mon is not None
     for p in probes:
         address, port = p.target.split("//")[-1].rstrip("/").rsplit(":", 1)
-        net = next(n for n, a in topo.hosts[p.host].addresses.items() if str(a) == address)
-        assert topo.is_allowed(mon.name, p.host, net, int(port)), p
+        at = ipaddress.IPv4Address(address)
+        dests = [p.host] if p.host in topo.hosts else [h.name for h in topo.with_role("lb")]
+        assert any(topo.is_allowed(mon.name, d, p.network, int(port), address=at) for d in dests), p
 
 
 def monitor_files(name: str) -> tuple[Topology, dict[str, File]]:

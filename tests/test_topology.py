@@ -165,6 +165,11 @@ def test_every_allowed_path_targets_the_destination_address_on_its_network(
         pytest.param("lb1", "web2", "192.168.57.22", id="lb1-sees-web2-private"),
         pytest.param("lb1", "client", "192.168.56.100", id="lb1-sees-client-public"),
         pytest.param("web1", "client", "192.168.56.100", id="no-shared-network-falls-back"),
+        # lb1 and the monitor share both networks: they talk over the private one, the
+        # public one being the users' (users: true), whichever the file lists first.
+        pytest.param("lb1", "monitor", "192.168.57.30", id="lb1-sees-monitor-private"),
+        pytest.param("monitor", "lb1", "192.168.57.10", id="monitor-sees-lb1-private"),
+        pytest.param("client", "monitor", "192.168.56.30", id="client-sees-monitor-public"),
     ],
 )
 def test_address_for_uses_a_network_the_viewer_shares(
@@ -172,6 +177,38 @@ def test_address_for_uses_a_network_the_viewer_shares(
 ) -> None:
     assert seed.address_for(seed.hosts[viewer], seed.hosts[target]) == ipaddress.IPv4Address(
         address
+    )
+
+
+def test_flows_open_only_the_network_two_hosts_talk_over_unless_they_name_another(
+    seed: Topology,
+) -> None:
+    # Written from seed.yml: the monitor shares both networks with lb1 and the public one
+    # with the client. Its stats reads go over the private network only; the site's
+    # checks also over the public one, at the address users reach; the client, on the
+    # public network with it, may reach none of its ports.
+    def paths(src: str, dst: str) -> set[tuple[str, int]]:
+        return {
+            (str(p.address), p.port)
+            for p in seed.allowed_paths()
+            if p.source.name == src and p.dest.name == dst
+        }
+
+    assert paths("monitor", "lb1") == {
+        ("192.168.57.10", 8404), ("192.168.57.10", 443), ("192.168.57.10", 80),
+        ("192.168.57.10", 161), ("192.168.56.10", 443), ("192.168.56.10", 80),
+    }  # fmt: skip
+    assert paths("lb1", "monitor") == {("192.168.57.30", 9090), ("192.168.57.30", 6514)}
+    assert paths("client", "monitor") == set()
+    assert paths("monitor", "client") == set()
+
+
+def test_without_the_users_mark_hosts_talk_over_the_first_network_they_share() -> None:
+    doc = copy.deepcopy(SEED_DOC)
+    del doc["networks"]["public"]["users"]
+    topo = topology.parse(yaml.safe_dump(doc, sort_keys=False), "plain.yml")
+    assert topo.address_for(topo.hosts["lb1"], topo.hosts["monitor"]) == ipaddress.IPv4Address(
+        "192.168.56.30"
     )
 
 
@@ -506,6 +543,18 @@ MALFORMED = [
         f"flows[{len(SEED_DOC['flows'])}]",
         "duplicate flow client -> lb 443/tcp",
         id="duplicate-flow-with-default-proto",
+    ),
+    pytest.param(
+        setting("flows.0.network", "dmz"),
+        "flows[0].network",
+        "unknown network 'dmz' (known: public, private)",
+        id="flow-unknown-network",
+    ),
+    pytest.param(
+        setting("networks.public.users", "yes"),
+        "networks.public.users",
+        "expected true or false, got 'yes'",
+        id="network-users-not-a-bool",
     ),
     pytest.param(
         setting("networks.private.cidr", "192.168.56.128/25"),
