@@ -31,6 +31,7 @@ from provision.inventory import InventoryError
 from provision.ops import db as dbops
 from provision.ops import deploy as deploy_ops
 from provision.ops import firewall_view, machines
+from provision.ops import load as load_ops
 from provision.ops import logs as logs_ops
 from provision.ops import status as status_ops
 from provision.ops import tls as tls_ops
@@ -280,6 +281,59 @@ def db_restore(
 
 
 @task(
+    name="load",
+    help={
+        "workers": "Locust processes making requests (default 1: one plain Locust process); "
+        "N > 1: a Locust master on 127.0.0.1 and N `locust --worker` processes on this "
+        "machine, which share the users (Locust's own distributed engine)",
+        "users": "simulated users in all, shared among the workers (default 10; at least "
+        "--workers)",
+        "rate": "fixed requests/s per user (qps.py's LOAD_RATE); total = users x rate "
+        "(default 2); a rate no user can reach, such as 1000, means as fast as answered",
+        "seconds": "run time in seconds (default 30)",
+        "out": "prefix of Locust's reports: PREFIX.html, PREFIX_stats.csv, "
+        "PREFIX_stats_history.csv, PREFIX_failures.csv, PREFIX.json (final counts), "
+        "PREFIX_workers.json (N > 1: each worker's requests) (default "
+        ".testbed/loadtests/load-<UTC time>)",
+        "connect_timeout": "seconds the master waits for all its workers to connect (default 30)",
+        "topology": TOPOLOGY_HELP,
+        "inventory": INVENTORY_HELP,
+    },
+)
+@exits("load")
+def load_(
+    c: Context,
+    workers: int = 1,
+    users: int = 10,
+    rate: float = 2.0,
+    seconds: int = 30,
+    out: str = "",
+    connect_timeout: int = 30,
+    topology: str = "",
+    inventory: str = "",
+) -> None:
+    """Load the site with qps.py's personas, headless: fab load --workers 4 --users 200.
+
+    Aims at the site's entry from this machine (seed: https://127.0.0.1:8443) and nothing
+    else, after checking that it answers. Prints Locust's progress, then one line: requests,
+    failures, requests/s and, with --workers N > 1, how many workers reported requests.
+    Every Locust process it started is stopped before it returns, whatever happened.
+    Exit 0: done; 1: Locust's thresholds (loadtests/README.md) failed, no request was made,
+    or a worker sent none; 2: could not run (bad option, site down, workers not connected).
+    """
+    plan = load_ops.plan(
+        workers, users, rate, seconds, out, topology, inventory, connect_timeout=connect_timeout
+    )
+    code, summary = load_ops.run(plan, lambda line: print(line, flush=True))
+    print(summary.line(), flush=True)
+    problems = summary.problems()
+    if problems:
+        raise Exit(f"load: {'; '.join(problems)}", code=1)
+    if code != 0:
+        raise Exit(f"load: Locust exited with code {code} (see its output above)", code=1)
+
+
+@task(
     positional=["fault"],
     help={
         "fault": "kill | stop | pause | partition | loss | delay | deploy (see above)",
@@ -372,5 +426,17 @@ firewall = Collection("firewall", firewall_show)
 dbns = Collection("db", db_status, db_switchover, db_failover, db_rejoin, db_backup, db_restore)
 tls = Collection("tls", tls_renew)
 ns = Collection(
-    deploy, status, endpoints_, inventory_, scale, destroy, ca, logs_, drill, firewall, tls, dbns
+    deploy,
+    status,
+    endpoints_,
+    inventory_,
+    scale,
+    destroy,
+    ca,
+    logs_,
+    load_,
+    drill,
+    firewall,
+    tls,
+    dbns,
 )

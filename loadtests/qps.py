@@ -17,6 +17,8 @@ Environment variables:
   sets its own, to count its rows afterwards (loadtests/drill.py).
 
 Thresholds (--max-failure-ratio, --max-p95-ms) decide the exit code, see loadtests/README.md.
+Run as a Locust master (`fab load --workers N`), it also prints how many workers sent
+requests and, with --csv PREFIX, writes them to PREFIX_workers.json.
 The target must be the testbed itself (127.0.0.1, localhost, 192.168.56.0/21, or a machine
 or site address listed in the inventory file named by $TESTBED_INVENTORY): anything else is
 refused before a single request is sent.
@@ -32,6 +34,7 @@ from locust import FastHttpUser, between, constant_throughput, events, task
 # isort: split
 
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -49,7 +52,7 @@ from locust.argument_parser import LocustArgumentParser
 from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
 from locust.exception import StopTest
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 
 log = logging.getLogger("qps")
 
@@ -218,6 +221,45 @@ def _enforce_thresholds(environment: Environment, **_kwargs: Any) -> None:
     runner = environment.runner
     if runner is not None and not runner.exceptions and not locust.log.unhandled_greenlet_exception:
         environment.process_exit_code = 0
+
+
+# --- distributed runs: what each worker reported -----------------------------------------
+
+_worker_totals: dict[str, dict[str, int]] = {}
+
+
+@events.worker_report.add_listener
+def _count_worker_report(client_id: str, data: dict[str, Any], **_kwargs: Any) -> None:
+    """On a master: add up each worker's requests from the statistics it sends (every 3 s,
+    and once more when it quits), the same reports Locust adds into the master's totals."""
+    total = data.get("stats_total") or {}
+    seen = _worker_totals.setdefault(client_id, {"requests": 0, "failures": 0, "users": 0})
+    seen["requests"] += int(total.get("num_requests") or 0)
+    seen["failures"] += int(total.get("num_failures") or 0)
+    seen["users"] = max(seen["users"], int(data.get("user_count") or 0))
+
+
+@events.quitting.add_listener
+def _report_workers(environment: Environment, **_kwargs: Any) -> None:
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner):
+        return
+    options = environment.parsed_options
+    expected = int(getattr(options, "expect_workers", 0) or 0)
+    workers = {
+        f"worker-{runner.get_worker_index(client_id)}": {"client_id": client_id, **seen}
+        for client_id, seen in _worker_totals.items()
+    }
+    reported = sorted(w["requests"] for w in workers.values() if w["requests"] > 0)
+    print(
+        f"qps.py workers: {len(reported)} of {expected} expected sent requests "
+        f"({', '.join(str(n) for n in reported) or 'none'})",
+        flush=True,
+    )
+    prefix = getattr(options, "csv_prefix", None)
+    if prefix:
+        report = {"expected": expected, "reported": len(reported), "workers": workers}
+        Path(f"{prefix}_workers.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 # --- checks: each returns what is wrong with a response, or None --------------------------

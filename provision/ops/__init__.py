@@ -1,5 +1,5 @@
 """Operator commands: what each Fabric task does (fabfile.py only declares the tasks).
 
-One module per concern: deploy, status, machines, firewall_view, tls, db. Errors that stop
-a command before it runs are :class:`provision.ops.common.TaskError` (exit code 2).
+One module per concern: deploy, status, machines, firewall_view, tls, db, logs, scale, load.
+Errors that stop a command before it runs are :class:`provision.ops.common.TaskError` (exit code 2).
 """

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -53,6 +53,15 @@ STOP_WAIT = 15.0
 """Seconds a process gets to exit on SIGTERM (Locust writes its reports then) before SIGKILL."""
 
 Say = Callable[[str], None]
+
+# What the supervisor reads in the master's log (Locust 2.47's own lines).
+RUN_STARTED = "Run time limit set"
+"""Logged once the master has every worker it expects and starts the users."""
+GAVE_UP = "Gave up waiting for workers"
+"""--expect-workers-max-wait ran out."""
+CONNECTED = "connected"
+""""N workers connected." as each arrives, "Waiting for workers to be ready, N of M connected"."""
+WATCHED = (RUN_STARTED, GAVE_UP, CONNECTED)
 
 
 @dataclass(frozen=True)
@@ -203,7 +212,7 @@ def preflight(p: Plan, timeout: float = 5.0) -> None:
     ctx = ssl.create_default_context(cafile=str(p.ca))
     url = f"{p.url}/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code
@@ -247,24 +256,23 @@ class Summary:
         head = "load: "
         if self.workers_expected > 1:
             each = ", ".join(str(n) for n in self.per_worker)
-            head += f"{self.workers_reported} of {self.workers_expected} workers reported ({each}); "
+            head += (
+                f"{self.workers_reported} of {self.workers_expected} workers reported ({each}); "
+            )
         return (
             f"{head}{self.requests} requests, {self.failures} failures, "
             f"{self.rps:.1f} req/s over {self.seconds:.1f} s"
         )
 
 
-def summarize(entries: Sequence[dict[str, Any]], workers: dict[str, Any] | None, p: Plan) -> Summary:
+def summarize(
+    entries: Sequence[dict[str, Any]], workers: dict[str, Any] | None, p: Plan
+) -> Summary:
     """From Locust's --json-file entries (one per request name) and qps.py's workers report.
-
-    The time is from the earliest entry's start to the latest request, as Locust recorded
-    them; the run time asked when those are missing."""
+    Requests/s are over the run time asked, as users x rate is."""
     requests = sum(int(e.get("num_requests") or 0) for e in entries)
     failures = sum(int(e.get("num_failures") or 0) for e in entries)
-    starts = [float(e["start_time"]) for e in entries if e.get("start_time")]
-    lasts = [float(e["last_request_timestamp"]) for e in entries if e.get("last_request_timestamp")]
-    span = max(lasts) - min(starts) if starts and lasts else 0.0
-    seconds = span if span > 0 else float(p.seconds)
+    seconds = float(p.seconds)
     if not p.distributed:
         return Summary(requests, failures, seconds)
     counts = [int(w.get("requests") or 0) for w in ((workers or {}).get("workers") or {}).values()]
@@ -304,9 +312,19 @@ class Proc:
     popen: subprocess.Popen[str]
     log: IO[str] | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=12))
+    seen: dict[str, str] = field(default_factory=dict)
+    """The last line of its output with each of WATCHED in it."""
+    reader: threading.Thread | None = None
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def wait(self) -> int:
+        """Its exit code, once its last line of output has been read."""
+        code = self.popen.wait()
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+        return code
 
     def last_lines(self) -> str:
         if self.log is not None:
@@ -333,10 +351,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 continue
         # Its group may hold children of its own after it exited.
-        try:
+        with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         if self.log is not None:
             self.log.close()
 
@@ -364,28 +380,42 @@ def spawn(
         stream = popen.stdout
 
         def pump() -> None:
-            for line in stream:
-                proc.tail.append(line.rstrip())
+            for raw in stream:
+                line = raw.rstrip()
+                proc.tail.append(line)
+                for marker in WATCHED:
+                    if marker in line:
+                        proc.seen[marker] = line
                 if echo is not None:
-                    echo(line.rstrip())
+                    echo(line)
 
-        threading.Thread(target=pump, name=f"{name}-output", daemon=True).start()
+        proc.reader = threading.Thread(target=pump, name=f"{name}-output", daemon=True)
+        proc.reader.start()
     return proc
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @contextmanager
 def started(procs: list[Proc]) -> Iterator[list[Proc]]:
     """Every process in `procs` (appended to while inside) is stopped on the way out, the
-    master first: it tells its workers to quit."""
+    master first: it tells its workers to quit. A SIGTERM to `fab` goes the same way
+    (Python's default would end it at once and leave them running)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
     try:
         yield procs
     finally:
         for proc in procs:
             proc.stop()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _started_run(master: Proc) -> bool:
-    return any("Run time limit set" in line for line in master.tail)
+    return RUN_STARTED in master.seen
 
 
 def supervise(p: Plan, master: Proc, workers: Sequence[Proc], clock: Callable[[], float]) -> int:
@@ -411,19 +441,22 @@ def supervise(p: Plan, master: Proc, workers: Sequence[Proc], clock: Callable[[]
                 if now - begun > p.connect_timeout + 15:
                     raise TaskError(_not_connected(p, master))
         elif now - run_started > p.seconds + STOP_TIMEOUT + FINISH_GRACE:
-            raise TaskError(f"the Locust master has not finished {FINISH_GRACE:.0f} s after its run")
+            raise TaskError(
+                f"the Locust master has not finished {FINISH_GRACE:.0f} s after its run"
+            )
         time.sleep(0.2)
-    code = master.popen.wait()
+    code = master.wait()
     if run_started is None and not _started_run(master):
-        if p.distributed and any("Gave up waiting for workers" in line for line in master.tail):
+        if p.distributed and GAVE_UP in master.seen:
             raise TaskError(_not_connected(p, master))
-        raise TaskError(f"Locust exited with code {code} before the run started: {master.last_lines()}")
+        raise TaskError(
+            f"Locust exited with code {code} before the run started: {master.last_lines()}"
+        )
     return code
 
 
 def _not_connected(p: Plan, master: Proc) -> str:
-    counts = [line for line in master.tail if "workers connected" in line or "connected" in line]
-    seen = counts[-1].strip() if counts else "none reported ready"
+    seen = master.seen.get(CONNECTED, "no worker reported ready").strip()
     return (
         f"the {p.workers} workers did not all connect to the master on "
         f"{MASTER_HOST}:{p.master_port} within {p.connect_timeout} s (last: {seen})"
@@ -448,13 +481,10 @@ def run(p: Plan, say: Say) -> tuple[int, Summary]:
         master = spawn("master", p.master_command(), env, None, say)
         procs.append(master)
         workers = []
-        for i in range(1, p.workers if p.distributed else 0):
-            pass
-        if p.distributed:
-            for i in range(1, p.workers + 1):
-                worker = spawn(f"worker {i}", p.worker_command(), env, p.worker_log(i), None)
-                procs.append(worker)
-                workers.append(worker)
+        for i in range(1, p.workers + 1 if p.distributed else 1):
+            worker = spawn(f"worker {i}", p.worker_command(), env, p.worker_log(i), None)
+            procs.append(worker)
+            workers.append(worker)
         code = supervise(p, master, workers, time.monotonic)
     return code, read_summary(p)
 
