@@ -6,6 +6,7 @@ import contextlib
 import socket
 from pathlib import Path
 
+import pytest
 import yaml
 
 from provision import engine, topology
@@ -193,3 +194,53 @@ def test_one_read_ahead_answers_every_step_whose_state_holds_and_no_other(tmp_pa
         with contextlib.suppress(Exception):  # the recording remote fails every command
             step.apply(remote)  # type: ignore[arg-type]
         assert remote.commands, f"{step.name}: answered from a read that did not hold"
+
+
+def test_the_read_ahead_reads_every_file_and_unit_at_once_and_trusts_only_a_full_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import grp
+    import os
+    import pwd
+
+    from provision.engine.steps import File, Service, prefetch
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    spaced = tmp_path / "with space.conf"
+    spaced.write_text("wanted\n")
+    spaced.chmod(0o644)
+    # systemctl as systemd prints `show` for two units: a block each, a blank line between
+    # (properties in systemd's own order, not the order asked).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "systemctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "$@" >> "$0.args"\n'
+        "printf 'ActiveState=active\\nUnitFileState=enabled\\n\\n'\n"
+        "printf 'ActiveState=inactive\\nUnitFileState=disabled\\n'\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    steps = [
+        File(str(spaced), "wanted\n", mode="0644", owner=user, group=group),
+        Service("up.service"),
+        Service("down.service"),
+    ]
+    remote = _LocalRemote()
+    assert prefetch(remote, steps) == 3  # type: ignore[arg-type]
+    assert len(remote.scripts) == 1
+    assert (tmp_path / "bin" / "systemctl.args").read_text().split() == [
+        "show", "-p", "UnitFileState", "-p", "ActiveState", "up.service", "down.service"
+    ]  # fmt: skip
+    assert steps[0].apply(remote).changed is False  # type: ignore[arg-type]
+    assert steps[1].apply(remote).changed is False  # type: ignore[arg-type]
+    assert remote.commands == [], "a state the read-ahead saw holding needs no round trip"
+    assert remote.known[("unit", "down.service")] == ("disabled", "inactive")
+    # One block short (a unit systemctl did not answer for): no unit's state is trusted.
+    fake.write_text("#!/bin/sh\nprintf 'ActiveState=active\\nUnitFileState=enabled\\n'\n")
+    remote = _LocalRemote()
+    prefetch(remote, steps)  # type: ignore[arg-type]
+    assert not [k for k in remote.known if k[0] == "unit"]
+    assert ("file", str(spaced)) in remote.known

@@ -290,7 +290,10 @@ def _host_worker(
         remotes[host.name] = remote
     remote.progress = lambda message: printer.line(f"  {host.name:<10} ...      {message}")
     try:
-        facts = remote.facts()
+        # Read once per deploy: what they say (addresses, CPUs, the management path) does
+        # not change between tiers, and each read starts a Python on the machine.
+        known = contexts.get(host.name)
+        facts = known.facts if known is not None else remote.facts()
     except Exception as exc:
         printer.step(host.name, "FAILED", "Read the machine's facts.", str(exc))
         report.failures.append(Failure(host.name, "facts", "Read the machine's facts.", str(exc)))
