@@ -283,3 +283,20 @@ def test_scaling_in_leaves_no_database_account_for_the_removed_web_server(
         "\"'app'@'192.168.57.21'\", \"'app'@'192.168.57.22'\", "
         "\"'failover'@'192.168.57.30'\", \"'repl'@'192.168.57.42'\", \"'repl'@'192.168.57.43'\""
     )
+
+
+@pytest.mark.usefixtures("offline_roles")
+def test_the_stats_page_listens_where_the_monitor_reads_it(hardened: Topology) -> None:
+    steps = lb.steps(HostContext(hardened, hardened.hosts["lb2"], FACTS))
+    conf = next(s for s in steps if isinstance(s, File) and s.path.endswith("haproxy.cfg"))
+    # lb2's private address, the one the monitor reaches it at; never the users' network.
+    assert "bind 192.168.57.12:8404" in conf.data.decode()
+
+
+def test_a_stats_flow_on_the_users_network_moves_the_stats_page_there() -> None:
+    doc = yaml.safe_load((topology.TOPOLOGY_DIR / "seed.yml").read_text())
+    for flow in doc["flows"]:
+        if flow.get("port") == "haproxy-stats":
+            flow["network"] = "public"
+    topo = topology.parse(yaml.safe_dump(doc), "seed.yml")
+    assert lb.stats_bind_address(topo, topo.hosts["lb1"]) == "192.168.56.10"

@@ -65,6 +65,21 @@ def port_map(topology: Topology, lb: Host) -> list[tuple[int, int]]:
     return [(http, https)] if http and https else []
 
 
+def stats_bind_address(topo: Topology, lb: Host) -> str:
+    """Where the stats page listens: the one address of `lb` the flows let its readers
+    reach it at (the haproxy-stats port), else the machine's primary address."""
+    at = {
+        str(p.address)
+        for p in topo.allowed_paths()
+        if p.dest.name == lb.name and p.service == "haproxy-stats"
+    }
+    if len(at) > 1:
+        raise StepError(
+            f"{lb.name}: the flows reach the stats page at {sorted(at)}; HAProxy binds one"
+        )
+    return at.pop() if at else str(lb.primary_address)
+
+
 def steps(ctx: HostContext) -> list[Step]:
     topo, host = ctx.topology, ctx.host
     reencrypt = bool(topo.option("reencrypt", False))
@@ -73,7 +88,7 @@ def steps(ctx: HostContext) -> list[Step]:
     backends = [
         Backend(w.name, str(topo.address_for(host, w)), port) for w in topo.with_role("web")
     ]
-    stats_address = str(host.addresses.get("private", host.primary_address))
+    stats_address = stats_bind_address(topo, host)
     config = render(
         "lb",
         "haproxy.cfg.j2",
@@ -185,7 +200,10 @@ def keepalived_steps(ctx: HostContext) -> list[Step]:
     shared = [n for n in host.addresses if all(n in p.addresses for p in lbs)]
     if not shared:
         raise StepError(f"{host.name}: the load balancers share no network to run VRRP on")
-    vrrp_net = "private" if "private" in shared else shared[0]
+    # VRRP runs where the balancers talk to each other (as Topology.network_between picks):
+    # never on the users' network unless it is the only one they all share.
+    inside = [n for n in shared if not topo.networks[n].users]
+    vrrp_net = (inside or shared)[0]
     own = str(host.addresses[vrrp_net])
     vrrp_if, vip_if = (
         interface_of(ctx.facts, own),
