@@ -2,7 +2,8 @@
 server, measured side by side with wrk inside the machines; a table and a plot in
 docs/performance.md ("The load balancer's cost").
 
-    .venv/bin/python -m bench.edge --runs 3      # seed (clear-text backends) only
+    .venv/bin/python -m bench.edge --runs 3        # seed (clear-text backends) only
+    .venv/bin/python -m bench.edge --runs 1 --cpu  # and where the CPU went (docker provider)
 
 For each route (the page, a read: GET /api/notes?limit=10, a write: POST /api/notes) and
 each run, the two measurements follow each other (A, B, A, B, ...), so both see the same
@@ -24,10 +25,12 @@ path.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import statistics
 import sys
 
+from bench import cpu
 from provision import PROJECT_ROOT, engine, inventory, topology
 from provision.testkit import WrkResult as Result
 from provision.testkit import parse_wrk, wrk_command
@@ -49,6 +52,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="each wrk run (default 10)")
     parser.add_argument("--inventory", help="an inventory file instead of Vagrant's machines")
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs alone")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="also print where the CPU went, per machine and program, per 1,000 requests "
+        "(docker provider: read from this host's /proc; bench/cpu.py)",
+    )
     args = parser.parse_args()
     topo = topology.load()
     if topo.option("reencrypt", False):
@@ -67,6 +76,8 @@ def main() -> int:
     site = topo.site.name
     endpoints = inventory.load(topo, args.inventory)
     results: dict[str, dict[str, list[Result]]] = {r: {"through": [], "direct": []} for r in ROUTES}
+    spent: dict[tuple[str, str], dict[cpu.Key, float]] = collections.defaultdict(dict)
+    requests: collections.Counter[tuple[str, str]] = collections.Counter()
     with (
         engine.Remote(client, endpoints[client.name]) as on_client,
         engine.Remote(lb, endpoints[lb.name]) as on_lb,
@@ -79,13 +90,22 @@ def main() -> int:
                 direct = f"http://{backend.address}:{backend.port}{path}"
                 for side, remote, url in (("through", on_client, through),
                                           ("direct", on_lb, direct)):  # fmt: skip
-                    got = parse_wrk(remote.run(wrk_command(url, site, route, args.seconds)).stdout)
+                    with cpu.measured(topo.name) as used:
+                        out = remote.run(wrk_command(url, site, route, args.seconds)).stdout
+                    got = parse_wrk(out)
                     results[route][side].append(got)
+                    for key, seconds in used().items():
+                        spent[(route, side)][key] = spent[(route, side)].get(key, 0.0) + seconds
+                    requests[(route, side)] += round(got.rps * args.seconds)
                     print(f"run {run}/{args.runs} {route:5} {side:7} {got.rps:8.1f} req/s  "
                           f"p50 {got.p50_ms:6.1f} ms  non-2xx {got.non_2xx}  "
                           f"socket errors {got.socket_errors}")  # fmt: skip
     rows = summary(results)
     print(table(rows))
+    if args.cpu:
+        for (route, side), per_program in spent.items():
+            print(f"\nCPU, {route} {side} ({requests[(route, side)]} requests in all runs):")
+            print(cpu.table(per_program, requests[(route, side)]))
     if not args.no_write:
         write_doc(topo.name, args, rows, client.name, lb.name, backend.dest.name)
         plot(rows)
