@@ -30,8 +30,8 @@ import datetime as dt
 import statistics
 import sys
 
-from bench import cpu
 from provision import PROJECT_ROOT, engine, inventory, topology
+from provision import cpuacct as cpu
 from provision.testkit import WrkResult as Result
 from provision.testkit import parse_wrk, wrk_command
 
@@ -56,7 +56,7 @@ def main() -> int:
         "--cpu",
         action="store_true",
         help="also print where the CPU went, per machine and program, per 1,000 requests "
-        "(docker provider: read from this host's /proc; bench/cpu.py)",
+        "(docker provider: read from this host's /proc; provision/cpuacct.py)",
     )
     args = parser.parse_args()
     topo = topology.load()

@@ -1,11 +1,11 @@
-"""bench/cpu.py: where a run's CPU went, read from /proc (the pure parts, and a /proc
-written here)."""
+"""provision/cpuacct.py (bench.edge --cpu): where a run's CPU went, read from /proc (the
+pure parts, and a /proc written here)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench import cpu
+from provision import cpuacct as cpu
 
 ID = "89eb0da2749e7f514fcace357ede5adf1e01c94748677f9bf80213f6de1ed4a3"
 # Fields after the name, from a real `cat /proc/self/stat`: utime 14 and stime 15 of stat(5).
