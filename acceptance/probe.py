@@ -1,10 +1,11 @@
 """A TCP probe that runs inside a machine (sent there as a python3 -c script).
 
 Reads "address port" lines on stdin, connects to each concurrently and prints
-"address port open|refused|filtered|denied". refused means the packet reached the
-destination's TCP stack; filtered, that it went out and nothing answered (the
-destination's firewall dropped it); denied, that this machine's own firewall refused to
-send it (its egress rules answer "No route to host" or "Permission denied" at once).
+"address port open|refused|filtered|denied" (probe_script can add to "open" where the
+connection went). refused means the packet reached the destination's TCP stack;
+filtered, that it went out and nothing answered (the destination's firewall dropped it);
+denied, that this machine's own firewall refused to send it (its egress rules answer "No
+route to host" or "Permission denied" at once).
 """
 
 PROBE = r"""
@@ -19,7 +20,14 @@ def probe(target):
         # getaddrinfo reads a link-local address's scope ("fe80::1%%eth1"); a plain tuple
         # would leave it out (EINVAL).
         s.connect(socket.getaddrinfo(addr, int(port), family, socket.SOCK_STREAM)[0][4])
-        return "open"
+        if not %(detail)s:
+            return "open"
+        # Which of this machine's addresses it left from, and whom it reached: kept for a
+        # result that must not happen (acceptance/test_firewall.py's evidence).
+        try:
+            return "open via=%%s:%%s peer=%%s:%%s" %% (*s.getsockname()[:2], *s.getpeername()[:2])
+        except OSError as exc:
+            return "open via=%%s:%%s peer=none(%%s)" %% (*s.getsockname()[:2], exc.errno)
     except ConnectionRefusedError:
         return "refused"
     except OSError as exc:
@@ -48,5 +56,7 @@ while True:
 """
 
 
-def probe_script(timeout: float = 1.5) -> str:
-    return PROBE % {"timeout": timeout}
+def probe_script(timeout: float = 1.5, detail: bool = False) -> str:
+    """The probe; with `detail`, an "open" line goes on with where the connection left
+    from and whom it reached ("open via=ADDR:PORT peer=ADDR:PORT")."""
+    return PROBE % {"timeout": timeout, "detail": detail}

@@ -102,10 +102,16 @@ def matrix(
     def probe_from(src: str) -> dict[tuple[str, str, str, int], str]:
         targets = [(d, a, p) for d in HOST_NAMES if d != src for a in addresses[d] for p in PORTS]
         stdin = "\n".join(f"{a} {p}" for _, a, p in targets)
+        script = probe_script(detail=True)
         out = machines[src].check_output(
-            f"printf %s {shlex.quote(stdin)} | python3 -c {shlex.quote(probe_script())}"
+            f"printf %s {shlex.quote(stdin)} | python3 -c {shlex.quote(script)}"
         )
-        by_target = {(a, int(p)): r for a, p, r in (line.split() for line in out.splitlines())}
+        by_target: dict[tuple[str, int], str] = {}
+        for line in out.splitlines():
+            a, p, r, *detail = line.split()
+            by_target[(a, int(p))] = r
+            if detail:
+                DETAIL.setdefault((src, a, int(p)), []).append(" ".join(detail))
         return {(src, d, a, p): by_target[(a, p)] for d, a, p in targets}
 
     def forbidden_open(
@@ -132,6 +138,7 @@ def matrix(
             EVIDENCE[key] = _evidence(machines, *key)
             seen = [first[key], second[key], *EVIDENCE_PROBES[key]]
             results[key] = "open"
+            EVIDENCE[key] += f"\n  the open ones: {DETAIL.get((key[0], key[2], key[3]), [])}"
             if seen.count("open") == 1:
                 UNREPRODUCED[key] = f"seen {seen}" + EVIDENCE[key]
     return results
@@ -142,6 +149,9 @@ EVIDENCE: dict[tuple[str, str, str, int], str] = {}
 again, and both ends' rules with their packet counters, for the failure message."""
 EVIDENCE_PROBES: dict[tuple[str, str, str, int], list[str]] = {}
 """The three lone probes behind EVIDENCE."""
+DETAIL: dict[tuple[str, str, int], list[str]] = {}
+"""(source, address, port) -> for each burst that found it open: where the connection left
+from and whom it reached (acceptance/probe.py's detail)."""
 UNREPRODUCED: dict[tuple[str, str, str, int], str] = {}
 """Forbidden connections reported open once that neither re-probe could reproduce."""
 
