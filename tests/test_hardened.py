@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from provision import firewall, inventory, site, topology
-from provision.engine import File, HostContext, interface_of
+from provision.engine import File, HostContext, StepError, interface_of
 from provision.roles import lb
 from provision.topology import Topology
 
@@ -300,3 +300,28 @@ def test_a_stats_flow_on_the_users_network_moves_the_stats_page_there() -> None:
             flow["network"] = "public"
     topo = topology.parse(yaml.safe_dump(doc), "seed.yml")
     assert lb.stats_bind_address(topo, topo.hosts["lb1"]) == "192.168.56.10"
+
+
+def test_a_stats_flow_to_the_floating_address_is_refused_naming_the_host() -> None:
+    doc = yaml.safe_load(TEXT)
+    for flow in doc["flows"]:
+        if flow.get("port") == "haproxy-stats":
+            flow["network"] = "public"
+    topo = topology.parse(yaml.safe_dump(doc), "hardened.yml")
+    with pytest.raises(StepError, match=r"lb2: .*floating address 192\.168\.56\.10"):
+        lb.stats_bind_address(topo, topo.hosts["lb2"])
+
+
+@pytest.mark.usefixtures("offline_roles")
+def test_vrrp_runs_on_the_network_its_flow_names() -> None:
+    doc = yaml.safe_load(TEXT)
+    for flow in doc["flows"]:
+        if flow.get("proto") == "vrrp":
+            flow["network"] = "public"
+    topo = topology.parse(yaml.safe_dump(doc), "hardened.yml")
+    steps = lb.steps(HostContext(topo, topo.hosts["lb2"], FACTS))
+    conf = next(s for s in steps if isinstance(s, File) and s.path == lb.KEEPALIVED_CONFIG)
+    text = conf.data.decode()
+    # lb2's and lb1's own public addresses, on eth1 (FACTS), written here by hand.
+    assert "interface eth1" in text and "unicast_src_ip 192.168.56.12" in text
+    assert "unicast_peer {\n        192.168.56.11\n    }" in text

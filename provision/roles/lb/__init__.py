@@ -67,17 +67,26 @@ def port_map(topology: Topology, lb: Host) -> list[tuple[int, int]]:
 
 def stats_bind_address(topo: Topology, lb: Host) -> str:
     """Where the stats page listens: the one address of `lb` the flows let its readers
-    reach it at (the haproxy-stats port), else the machine's primary address."""
+    reach it at (the haproxy-stats port), else the machine's primary address. Never a
+    floating address: the standby balancer could not bind it."""
     at = {
-        str(p.address)
+        p.address
         for p in topo.allowed_paths()
         if p.dest.name == lb.name and p.service == "haproxy-stats"
     }
+    floating = sorted(str(a) for a in at if a not in lb.addresses.values())
+    if floating:
+        raise StepError(
+            f"{lb.name}: the flows reach the stats page only at the floating address "
+            f"{', '.join(floating)}; HAProxy on the standby balancer could not bind it. "
+            "Give the stats flow a network where the balancers have no floating address."
+        )
     if len(at) > 1:
         raise StepError(
-            f"{lb.name}: the flows reach the stats page at {sorted(at)}; HAProxy binds one"
+            f"{lb.name}: the flows reach the stats page at {sorted(map(str, at))}; "
+            "HAProxy binds one"
         )
-    return at.pop() if at else str(lb.primary_address)
+    return str(at.pop()) if at else str(lb.primary_address)
 
 
 def steps(ctx: HostContext) -> list[Step]:
@@ -200,10 +209,20 @@ def keepalived_steps(ctx: HostContext) -> list[Step]:
     shared = [n for n in host.addresses if all(n in p.addresses for p in lbs)]
     if not shared:
         raise StepError(f"{host.name}: the load balancers share no network to run VRRP on")
-    # VRRP runs where the balancers talk to each other (as Topology.network_between picks):
-    # never on the users' network unless it is the only one they all share.
+    # VRRP runs where the flows let the balancers send it to each other (a `network:` on
+    # the vrrp flow included); without such a flow, where they talk to each other (as
+    # Topology.network_between picks: not the users' network unless it is the only one).
+    flowed = sorted(
+        {
+            p.network
+            for p in topo.allowed_paths()
+            if p.proto == "vrrp" and p.source.name == host.name
+        }
+    )
+    if len(flowed) > 1:
+        raise StepError(f"{host.name}: the vrrp flows name several networks: {flowed}")
     inside = [n for n in shared if not topo.networks[n].users]
-    vrrp_net = (inside or shared)[0]
+    vrrp_net = flowed[0] if flowed else (inside or shared)[0]
     own = str(host.addresses[vrrp_net])
     vrrp_if, vip_if = (
         interface_of(ctx.facts, own),
