@@ -30,7 +30,7 @@ import datetime as dt
 import statistics
 import sys
 
-from provision import PROJECT_ROOT, engine, inventory, topology
+from provision import PROJECT_ROOT, engine, inventory, topology, vagrant
 from provision import cpuacct as cpu
 from provision.testkit import WrkResult as Result
 from provision.testkit import parse_wrk, wrk_command
@@ -90,12 +90,17 @@ def main() -> int:
                 direct = f"http://{backend.address}:{backend.port}{path}"
                 for side, remote, url in (("through", on_client, through),
                                           ("direct", on_lb, direct)):  # fmt: skip
-                    with cpu.measured(topo.name) as used:
-                        out = remote.run(wrk_command(url, site, route, args.seconds)).stdout
+                    command = wrk_command(url, site, route, args.seconds)
+                    if args.cpu:
+                        with cpu.measured(topo.name, vagrant.project_id()) as used:
+                            out = remote.run(command).stdout
+                        for key, seconds in used().items():
+                            total = spent[(route, side)]
+                            total[key] = total.get(key, 0.0) + seconds
+                    else:
+                        out = remote.run(command).stdout
                     got = parse_wrk(out)
                     results[route][side].append(got)
-                    for key, seconds in used().items():
-                        spent[(route, side)][key] = spent[(route, side)].get(key, 0.0) + seconds
                     requests[(route, side)] += round(got.rps * args.seconds)
                     print(f"run {run}/{args.runs} {route:5} {side:7} {got.rps:8.1f} req/s  "
                           f"p50 {got.p50_ms:6.1f} ms  non-2xx {got.non_2xx}  "

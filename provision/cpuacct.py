@@ -38,12 +38,13 @@ def container_of(cgroup: str) -> str | None:
     return found.group(1) if found else None
 
 
-def machine_of(container_name: str, topology_name: str) -> str:
-    """The machine's name from its container's (testbed-<topology>-<machine>-<hash>)."""
-    prefix = f"testbed-{topology_name}-"
-    if container_name.startswith(prefix):
-        return container_name[len(prefix) :].rsplit("-", 1)[0]
-    return container_name
+def machine_of(container_name: str, topology_name: str, project: str) -> str | None:
+    """The machine's name from its container's (testbed-<topology>-<machine>-<project>,
+    provision/vagrant.py), or None for another checkout's or topology's container."""
+    prefix, suffix = f"testbed-{topology_name}-", f"-{project}"
+    if container_name.startswith(prefix) and container_name.endswith(suffix):
+        return container_name[len(prefix) : -len(suffix)] or None
+    return None
 
 
 Snapshot = dict[str, tuple[Key, int]]
@@ -78,8 +79,9 @@ def difference(before: Snapshot, after: Snapshot, hz: int) -> dict[Key, float]:
     return dict(used)
 
 
-def containers(topology_name: str) -> dict[str, str]:
-    """container id -> machine name, for this topology's running containers."""
+def containers(topology_name: str, project: str) -> dict[str, str]:
+    """container id -> machine name, for this checkout's running machines of the topology
+    (empty when docker cannot be asked)."""
     try:
         out = subprocess.run(
             ["docker", "ps", "--no-trunc", "--format", "{{.ID}} {{.Names}}"],
@@ -87,17 +89,19 @@ def containers(topology_name: str) -> dict[str, str]:
         ).stdout  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    return {
-        cid: machine_of(name, topology_name)
-        for cid, name in (line.split(maxsplit=1) for line in out.splitlines() if " " in line)
-        if name.startswith(f"testbed-{topology_name}-")
-    }
+    found = {}
+    for line in out.splitlines():
+        cid, _, name = line.partition(" ")
+        machine = machine_of(name, topology_name, project)
+        if machine:
+            found[cid] = machine
+    return found
 
 
 @contextmanager
-def measured(topology_name: str) -> Iterator[Callable[[], dict[Key, float]]]:
-    """with measured("seed") as used: ...run...; used() -> CPU seconds per key."""
-    names = containers(topology_name)
+def measured(topology_name: str, project: str) -> Iterator[Callable[[], dict[Key, float]]]:
+    """with measured("seed", project) as used: ...run...; used() -> CPU seconds per key."""
+    names = containers(topology_name, project)
     before = snapshot(names)
     result: dict[Key, float] = {}
     yield lambda: result
@@ -107,7 +111,10 @@ def measured(topology_name: str) -> Iterator[Callable[[], dict[Key, float]]]:
 def table(used: dict[Key, float], requests: int, top: int = 12) -> str:
     """The heaviest programs, CPU seconds per 1,000 requests, and the total."""
     if not used:
-        return "(no machine's processes are visible here: CPU is read on the docker provider only)"
+        return (
+            "(no machine's processes were seen: CPU is read on the docker provider only, "
+            "as a user who may run `docker ps` and read /proc)"
+        )
     per = 1000 / max(requests, 1)
     lines = ["| machine | program | CPU s per 1,000 requests |", "|---|---|---|"]
     for (machine, program), seconds in sorted(used.items(), key=lambda kv: -kv[1])[:top]:

@@ -29,10 +29,12 @@ def test_container_of_reads_cgroup_v1_and_v2_and_leaves_the_host_out() -> None:
     assert cpu.container_of("0::/user.slice/user-0.slice/session-1.scope\n") is None
 
 
-def test_machine_of_strips_the_testbed_prefix_and_the_checkout_hash() -> None:
-    assert cpu.machine_of("testbed-seed-web1-5f524c", "seed") == "web1"
-    assert cpu.machine_of("testbed-hardened-db-ext-1-4f85a1", "hardened") == "db-ext-1"
-    assert cpu.machine_of("something-else", "seed") == "something-else"
+def test_machine_of_reads_this_checkout_s_containers_of_the_topology_only() -> None:
+    assert cpu.machine_of("testbed-seed-web1-5f524c", "seed", "5f524c") == "web1"
+    assert cpu.machine_of("testbed-hardened-db-ext-1-4f85a1", "hardened", "4f85a1") == "db-ext-1"
+    assert cpu.machine_of("testbed-seed-web1-4f85a1", "seed", "5f524c") is None  # other clone
+    assert cpu.machine_of("testbed-hardened-web1-5f524c", "seed", "5f524c") is None
+    assert cpu.machine_of("something-else", "seed", "5f524c") is None
 
 
 def test_difference_counts_new_processes_from_zero_and_a_reused_pid_as_new() -> None:
