@@ -293,32 +293,30 @@ def test_the_stats_page_listens_where_the_monitor_reads_it(hardened: Topology) -
     assert "bind 192.168.57.12:8404" in conf.data.decode()
 
 
-def test_a_stats_flow_on_the_users_network_moves_the_stats_page_there() -> None:
-    doc = yaml.safe_load((topology.TOPOLOGY_DIR / "seed.yml").read_text())
+def flows_on(text: str, name: str, key: str, value: str, network: str) -> Topology:
+    """The topology in `text` with every flow whose `key` is `value` moved to `network`."""
+    doc = yaml.safe_load(text)
     for flow in doc["flows"]:
-        if flow.get("port") == "haproxy-stats":
-            flow["network"] = "public"
-    topo = topology.parse(yaml.safe_dump(doc), "seed.yml")
+        if flow.get(key) == value:
+            flow["network"] = network
+    return topology.parse(yaml.safe_dump(doc), name)
+
+
+def test_a_stats_flow_on_the_users_network_moves_the_stats_page_there() -> None:
+    seed_text = (topology.TOPOLOGY_DIR / "seed.yml").read_text()
+    topo = flows_on(seed_text, "seed.yml", "port", "haproxy-stats", "public")
     assert lb.stats_bind_address(topo, topo.hosts["lb1"]) == "192.168.56.10"
 
 
 def test_a_stats_flow_to_the_floating_address_is_refused_naming_the_host() -> None:
-    doc = yaml.safe_load(TEXT)
-    for flow in doc["flows"]:
-        if flow.get("port") == "haproxy-stats":
-            flow["network"] = "public"
-    topo = topology.parse(yaml.safe_dump(doc), "hardened.yml")
+    topo = flows_on(TEXT, "hardened.yml", "port", "haproxy-stats", "public")
     with pytest.raises(StepError, match=r"lb2: .*floating address 192\.168\.56\.10"):
         lb.stats_bind_address(topo, topo.hosts["lb2"])
 
 
 @pytest.mark.usefixtures("offline_roles")
 def test_vrrp_runs_on_the_network_its_flow_names() -> None:
-    doc = yaml.safe_load(TEXT)
-    for flow in doc["flows"]:
-        if flow.get("proto") == "vrrp":
-            flow["network"] = "public"
-    topo = topology.parse(yaml.safe_dump(doc), "hardened.yml")
+    topo = flows_on(TEXT, "hardened.yml", "proto", "vrrp", "public")
     steps = lb.steps(HostContext(topo, topo.hosts["lb2"], FACTS))
     conf = next(s for s in steps if isinstance(s, File) and s.path == lb.KEEPALIVED_CONFIG)
     text = conf.data.decode()
