@@ -5,7 +5,9 @@ once, so a drill that is cut short still has everything up to that moment):
 
     {"start": t, "end": t, "kind": "write", "method": "POST", "name": "/api/notes",
      "status": 201, "outcome": "ok", "server": "web1", "db": "web2",
-     "text": "drill-1a2b3c4d ...", "note_id": 17, "error": ""}
+     "text": "drill-1a2b3c4d ...", "note_id": 17, "error": "", "seen": []}
+
+A successful list or read records in "seen" the drill's note texts it returned.
 
 kind/outcome follow provision/drills/workload.py (`classify`), the one place those rules
 live: a POST is "ok" only when answered 201, "fail" when refused before anything was
@@ -52,6 +54,8 @@ _spec.loader.exec_module(rules)
 __all__ = ["Browser", "Reader", "Writer"]  # the personas Locust runs (from qps.py)
 
 _history: IO[str] | None = None
+_prefix = os.environ.get("DRILL_PREFIX", "").strip()
+"""The Writer's note texts start with it; reads record the notes they saw with it."""
 
 
 @events.init.add_listener
@@ -102,10 +106,11 @@ def _record(
         start=start_time or 0.0,
         response_time_ms=response_time or 0.0,
         served_by=headers.get("X-Served-By"),
-        # Only a write's answer carries what the history needs (its id and database node).
-        body=_body(response) if method == "POST" and status else None,
+        # A write's answer names its id and database node; a read's, the notes it saw.
+        body=_body(response) if status in (200, 201) else None,
         text=str((context or {}).get("text", "")),
         error=f"{exception}" if exception else "",
+        prefix=_prefix,
     )
     _history.write(json.dumps(record, ensure_ascii=False) + "\n")
     _history.flush()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from provision import topology
@@ -328,6 +330,7 @@ def test_a_history_record_of_an_acknowledged_write() -> None:
         "text": "drill-x 1",
         "note_id": 17,
         "error": "",
+        "seen": [],
     }
 
 
@@ -376,6 +379,28 @@ def test_a_read_records_the_note_it_asked_for() -> None:
         error="",
     )
     assert (record["kind"], record["note_id"], record["outcome"]) == ("read", 42, "ok")
+
+
+def test_a_successful_read_records_the_drill_notes_it_saw() -> None:
+    """Only the drill's own texts (other writers' notes are not the checker's business),
+    and only from a 200: a refusal's body shows nothing."""
+    listed = {"notes": [{"id": 9, "text": "drill-x 9"}, {"id": 8, "text": "someone else's"}]}
+    kwargs: dict[str, Any] = {
+        "method": "GET", "url": "", "start": 1.0, "response_time_ms": 5.0,
+        "served_by": "web2", "text": "", "error": "", "prefix": "drill-x",
+    }  # fmt: skip
+    lst = workload.history_record(name="/api/notes?limit=10", status=200, body=listed, **kwargs)
+    assert lst["kind"] == "list" and lst["seen"] == ["drill-x 9"]
+    one = {"id": 9, "text": "drill-x 9"}
+    assert workload.history_record(name="/api/notes/[id]", status=200, body=one, **kwargs)[
+        "seen"
+    ] == ["drill-x 9"]
+    refused = {"error": "no database", "status": 503}
+    assert (
+        workload.history_record(name="/api/notes/[id]", status=503, body=refused, **kwargs)["seen"]
+        == []
+    )
+    assert workload.seen_texts(listed, "") == [], "without a prefix nothing is recorded"
 
 
 def test_drill_prefixes_are_unique_and_hex() -> None:

@@ -73,6 +73,7 @@ def test_summary_json_names_the_verdict_the_drill_and_the_failed_invariants(
     assert [i["name"] for i in summary["invariants"] if not i["ok"]] == [
         "acked_writes_present_once",
         "single_writable_node",
+        "reads_see_only_kept_writes",
     ]
 
 
@@ -114,14 +115,14 @@ def test_summary_md_shows_events_relative_to_fault_start(
 def test_the_console_summary_names_the_failed_invariants() -> None:
     text = render_summary_text(check(lost_write_drill().history()))
     lines = text.splitlines()
-    assert lines[0] == "Drill FAIL: 4 of 6 invariants hold"
+    assert lines[0] == "Drill FAIL: 4 of 7 invariants hold"
     assert lines[1].startswith("  FAILED acked_writes_present_once: 35 acknowledged writes")
     assert "write outage 7.0 s, writes back at +6.0 s" in text
 
 
 def test_the_console_summary_of_a_clean_drill_is_a_pass() -> None:
     text = render_summary_text(check(clean_failover().history()))
-    assert text.splitlines()[0] == "Drill PASS: 6 of 6 invariants hold"
+    assert text.splitlines()[0] == "Drill PASS: 7 of 7 invariants hold"
     assert "FAILED" not in text
 
 

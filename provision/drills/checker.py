@@ -30,6 +30,12 @@ The invariants, by their stable names:
 ``reads_answer``
     GETs of kind ``list`` and ``read`` never fail, whole drill (a replica may serve them
     while there is no primary).
+``reads_see_only_kept_writes``
+    Every drill note a successful list or read returned (``seen``) is present on the
+    final primary: no reader saw a write the cluster then dropped (a dirty read, Jepsen's
+    G1a). A write that ended "unknown" may or may not be kept; once a reader has seen it,
+    it must be. Histories recorded before reads kept what they saw check nothing here
+    (the evidence says how many reads named notes).
 ``gets_answer_during_web_fault``
     Only for a web-tier drill (drill.json ``expect.web_fault``): no GET of any kind (those
     of an unexpected kind such as ``other`` included) fails.
@@ -43,8 +49,8 @@ The invariants, by their stable names:
     from fault-start on is longer than ``LB_MAX_GAP_S`` (3 s, issue 11's goal) without
     a successful request.
 
-So every drill is held to the first six, a web-tier drill to all seven, and a
-load-balancer drill to the four about writes and the bound.
+So every drill is held to the first seven, a web-tier drill to all eight, and a
+load-balancer drill to the five about writes and reads and the bound.
 
 Outcomes are not trusted blindly: a GET counts as answered only with status 200; a write
 marked ``ok`` without a 2xx status, or marked ``fail`` with 500/502/504 (the request
@@ -112,6 +118,7 @@ TITLES: dict[str, str] = {
     "writes_to_one_node_at_a_time": "Acknowledged writes go to one database node at a time.",
     "db_free_pages_answer": "The page and the health check, which need no database, never fail.",
     "reads_answer": "Reads (note lists and single notes) never fail.",
+    "reads_see_only_kept_writes": "No read shows a write the cluster then lost (no dirty read).",
     "gets_answer_during_web_fault": "A web-tier fault costs no failed GET of any kind.",
     "front_door_failover_bounded": "A load-balancer fault costs at most 1 % of the "
     "requests and 3 s of service.",
@@ -230,13 +237,14 @@ def check(history: History) -> Verdict:
         _writes_to_one_node_at_a_time(c),
     ]
     if history.info.expect.lb_fault:
-        invariants.append(_front_door_bounded(c))
+        invariants += [_reads_see_only_kept_writes(c), _front_door_bounded(c)]
         return Verdict(
             ok=all(inv.ok for inv in invariants), invariants=invariants, metrics=_metrics(c)
         )
     invariants += [
         _gets_answer(c, "db_free_pages_answer", ("page", "health")),
         _gets_answer(c, "reads_answer", ("list", "read")),
+        _reads_see_only_kept_writes(c),
     ]
     if history.info.expect.web_fault:
         gets = tuple(sorted({op.kind for op in history.ops if not op.is_write}, key=_kind_order))
@@ -333,6 +341,37 @@ def _acked_writes_present_once(c: _Context) -> InvariantResult:
 def _ack_of(c: _Context, text: str) -> str:
     ops = [w for w in c.by_text.get(text, []) if c.of(w) == "ok"]
     return c.describe(ops[0]) if ops else repr(text)
+
+
+def _reads_see_only_kept_writes(c: _Context) -> InvariantResult:
+    name = "reads_see_only_kept_writes"
+    final = c.h.final
+    reads = [op for op in c.h.ops if not op.is_write and op.seen and c.of(op) == "ok"]
+    if not reads:
+        return _result(name, True, "no successful read named a drill note: nothing to check")
+    if final.primary is None or final.primary not in final.counts:
+        return _result(
+            name, False, f"no row counts from a final primary: {len(reads)} reads cannot be checked"
+        )
+    texts = {t for op in reads for t in op.seen}
+    dropped = {t for t in texts if final.count(final.primary, t) == 0}
+    details = []
+    for op in reads:
+        for text in op.seen:
+            if text in dropped:
+                written = ", ".join(
+                    f"{c.of(w)} ({w.status or 'no response'}) {c.when(w.start)}..{c.when(w.end)}"
+                    for w in c.by_text.get(text, [])
+                )
+                details.append(
+                    f"{c.describe(op)} showed {text!r}, absent from {final.primary}; "
+                    f"written: {written or 'by no recorded write'}"
+                )
+    evidence = (
+        f"{len(texts)} drill notes seen by {len(reads)} reads: "
+        f"{len(texts) - len(dropped)} kept on {final.primary}, {len(dropped)} dropped"
+    )
+    return _result(name, not dropped, evidence, details)
 
 
 def _no_write_applied_twice(c: _Context) -> InvariantResult:

@@ -119,6 +119,8 @@ class Op:
     text: str = ""
     note_id: int | None = None
     error: str = ""
+    seen: tuple[str, ...] = ()
+    """The drill's own note texts a successful GET returned (a list, or one note)."""
 
     @property
     def is_write(self) -> bool:
@@ -443,9 +445,15 @@ class _Fields:
         return None if self.obj.get(key) is None else self.boolean(key)
 
     def names(self, key: str) -> tuple[str, ...]:
+        return self._strings(key, "a list of names")
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        return self._strings(key, "a list of texts")
+
+    def _strings(self, key: str, wanted: str) -> tuple[str, ...]:
         value = self._get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(key, "a list of names", value)
+            raise self.fail(key, wanted, value)
         return tuple(value)
 
 
@@ -464,6 +472,7 @@ def _op(path: Path, line: int, obj: Mapping[str, Any]) -> Op:
         text=f.string("text", ""),
         note_id=f.opt_integer("note_id"),
         error=f.string("error", ""),
+        seen=f.texts("seen"),
     )
     if not op.kind:
         raise DrillFileError(path, line, "'kind' is empty")

@@ -91,8 +91,11 @@ def history_record(
     body: Any,
     text: str,
     error: str,
+    prefix: str = "",
 ) -> dict[str, Any]:
-    """One line of history.jsonl. `body` is the parsed JSON answer (or None)."""
+    """One line of history.jsonl. `body` is the parsed JSON answer (or None). A successful
+    read or list records the texts of the notes it returned that start with `prefix` (the
+    drill's own), so the checker can tell whether a reader saw a write the cluster lost."""
     kind, outcome = classify(method, name, status)
     note_id: int | None = None
     db = ""
@@ -105,6 +108,7 @@ def history_record(
     elif kind == "read":
         match = NOTE_URL.search(url)
         note_id = int(match.group(1)) if match else None
+    seen = seen_texts(body, prefix) if kind in ("list", "read") and status == 200 else []
     return {
         "start": round(start, 6),
         "end": round(start + response_time_ms / 1000.0, 6),
@@ -118,7 +122,20 @@ def history_record(
         "text": text,
         "note_id": note_id,
         "error": error[:300],
+        "seen": seen,
     }
+
+
+def seen_texts(body: Any, prefix: str) -> list[str]:
+    """The texts starting with `prefix` in a list's answer ({"notes": [...]}) or a single
+    note's ({"id": .., "text": ..}); none without a prefix."""
+    if not prefix or not isinstance(body, Mapping):
+        return []
+    notes = body.get("notes") if "notes" in body else [body]
+    if not isinstance(notes, list):
+        return []
+    texts = [n.get("text") for n in notes if isinstance(n, Mapping)]
+    return [t for t in texts if isinstance(t, str) and t.startswith(prefix)]
 
 
 def new_prefix() -> str:
