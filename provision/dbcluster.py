@@ -29,6 +29,15 @@ LEASE_SECONDS = 3.0
 """How long a primary keeps taking writes once neither the controller nor a replica
 reaches it. The controller waits longer than this before it promotes anyone."""
 CATCH_UP_SECONDS = 30.0
+ENDPOINT_CHECK_MS = 500
+"""How often each app host's database endpoints (HAProxy, `fall 1`) ask every node's agent
+whether it may take writes (GET /) or serve reads (GET /read)."""
+ENDPOINT_DRAIN_SECONDS = 1.0
+"""How long after a node's agent stops answering 200 the endpoints may still send it
+queries: one check interval, and the check's own time. The controller waits this long after
+a fence before it promotes; the agent waits this long before it ends the app's sessions,
+since ending one that waits for the semi-sync acknowledgement commits it on this node
+alone, and no reader may see that (docs/database.md, "Fencing")."""
 
 
 def slave_status(remote: Remote) -> dict[str, str]:

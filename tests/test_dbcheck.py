@@ -155,3 +155,87 @@ def test_an_unreadable_answer_is_not_a_server_that_is_down() -> None:
     poller.conn = Answering(0.0, (0, "", "", "", "ON", "two", "0"))
     with pytest.raises(ValueError):
         poller.poll(0.4)
+
+
+def agent_with(m: Any, state: dict[str, Any], lease_required: bool = True) -> Any:
+    """An agent whose last poll read `state` just now (no thread, no MariaDB)."""
+    agent = m.Agent({"lease_required": lease_required, "lease_seconds": 3.0, "drain_seconds": 0.3})
+    agent.cache = {"mariadb": "up", "at": time.monotonic(), **state}
+    return agent
+
+
+PRIMARY = {"read_only": False, "replicating_from": "", "sql_running": ""}
+
+
+def test_a_primary_serves_reads_only_while_it_holds_its_lease() -> None:
+    """A primary that lost its lease is cut off and about to fence itself; ending its
+    sessions then commits writes no replica has, so no reader may be sent there (the
+    partition drill once listed such a note, then read 404 after the failover)."""
+    m = load_module()
+    agent = agent_with(m, PRIMARY)
+    agent.controller_until = time.monotonic() + 3
+    agent.held_lease = True
+    assert agent.readable() == (True, "readable")
+    agent.controller_until = time.monotonic() - 0.1  # the lease ran out, not fenced yet
+    assert agent.readable() == (False, "no lease")
+    assert agent.writable() == (False, "no lease")
+    agent.fenced, agent.fence_reason = True, "lease expired"
+    assert agent.readable() == (False, "fenced (lease expired)")
+    # Without automatic failover there are no leases: the primary always serves reads.
+    assert agent_with(m, PRIMARY, lease_required=False).readable() == (True, "readable")
+
+
+def test_a_replica_serves_reads_while_it_applies_even_when_a_poll_is_slow() -> None:
+    m = load_module()
+    replica = {"read_only": True, "replicating_from": "192.168.57.22", "sql_running": "Yes"}
+    assert agent_with(m, replica).readable() == (True, "readable")
+    stopped = dict(replica, sql_running="No")
+    assert agent_with(m, stopped).readable() == (False, "a replica that does not apply")
+    slow = agent_with(m, {})
+    slow.cache = {"mariadb": "unresponsive", "at": time.monotonic()}
+    assert slow.readable()[0] is False, "never applied: no grace"
+    slow.applying_at = time.monotonic()
+    assert slow.readable() == (True, "readable (a poll was slow)")
+    down = agent_with(m, {})
+    down.cache = {"mariadb": "down", "at": time.monotonic()}
+    down.applying_at = time.monotonic()
+    assert down.readable() == (False, "down")
+
+
+def test_a_fence_ends_sessions_only_after_the_endpoints_dropped_the_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kill comes `drain_seconds` after the node stopped answering 200: from the fence
+    when the controller fences a leased node, from the lease's end on a self-fence."""
+    m = load_module()
+    statements: list[tuple[float, str]] = []
+
+    def fake_sql(statement: str, timeout: float = 1.0) -> str:
+        statements.append((time.monotonic(), statement))
+        if statement.startswith("SELECT ID"):
+            return "41\n42\n"
+        return "1\n" if statement == "SELECT @@read_only" else ""
+
+    monkeypatch.setattr(m, "sql", fake_sql)
+    monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    # The fence's own thread is replaced by a call here, so the timings are this test's.
+    monkeypatch.setattr(m.Agent, "ensure_enforced", lambda self: None)
+
+    agent = agent_with(m, PRIMARY)
+    agent.held_lease, agent.controller_until = True, time.monotonic() + 3
+    fenced_at = time.monotonic()
+    agent.fence("failover (epoch 2)", 2)
+    assert agent.readable()[0] is False and agent.writable()[0] is False  # at once
+    agent.enforce_fence()
+    kill = next(t for t, s in statements if s.startswith("KILL"))
+    assert 0.3 <= kill - fenced_at < 0.45
+    assert [s for _, s in statements][-2:] == ["SET GLOBAL read_only = ON", "SELECT @@read_only"]
+
+    statements.clear()
+    agent = agent_with(m, PRIMARY)
+    agent.held_lease, agent.controller_until = True, time.monotonic() - 0.25  # ran out
+    fenced_at = time.monotonic()
+    agent.fence("lease expired")
+    agent.enforce_fence()
+    kill = next(t for t, s in statements if s.startswith("KILL"))
+    assert 0.03 <= kill - fenced_at < 0.15, "the wait counts from the lease's end"

@@ -121,9 +121,9 @@ def steps(ctx: HostContext) -> list[Step]:
                 read_listen=layout.DB_READER_LISTEN,
                 check_port=topo.port("dbcheck"),
                 db_port=topo.port("mysql"),
-                # Half a second: the failover controller waits this long (and a margin)
-                # after fencing the old primary before the new one may take writes.
-                inter="500ms",
+                # The failover controller and the agents' fences wait for these checks
+                # (dbcluster.ENDPOINT_DRAIN_SECONDS): change them together.
+                inter=f"{dbcluster.ENDPOINT_CHECK_MS}ms",
                 fall=1,
                 nodes=[(d.name, dbcluster.node_address(topo, d)) for d in dbcluster.db_hosts(topo)],
                 read_nodes=[

@@ -84,6 +84,7 @@ def agent_config(topology: Topology, host: Host) -> dict[str, object]:
         "port": topology.port("dbcheck"),
         "lease_required": bool(topology.option("auto_failover", False)),
         "lease_seconds": dbcluster.LEASE_SECONDS,
+        "drain_seconds": dbcluster.ENDPOINT_DRAIN_SECONDS,
         "peers": [
             {"name": p.name, "address": str(topology.address_for(host, p))}
             for p in dbcluster.db_hosts(topology)

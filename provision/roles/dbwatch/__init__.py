@@ -34,8 +34,8 @@ crash) before that counts: two rounds. "Read-only" needs three times as long."""
 INTERVAL_SECONDS = 0.5
 FENCE_MARGIN_SECONDS = 1.5
 """Waited past the old primary's lease, for the writer endpoints' checks and clock skew."""
-WRITER_CHECK_WINDOW_SECONDS = 1.0
-"""Waited after an agent confirmed a fence: the writer endpoints check every 0.5 s."""
+WRITER_CHECK_WINDOW_SECONDS = dbcluster.ENDPOINT_DRAIN_SECONDS
+"""Waited after an agent confirmed a fence, until no writer endpoint sends to the old primary."""
 SPLIT_BRAIN_GRACE_SECONDS = 2.0
 WEDGED_SECONDS = 15.0
 """How long the primary's own agent must say MariaDB does not answer (its process is there,

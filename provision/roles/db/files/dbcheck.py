@@ -14,14 +14,24 @@ design; in short:
 * GET /      200 only when this node is the primary the writer endpoints may use:
              writable, replicating from no one, not fenced and, when leases are on
              (automatic failover), holding a lease. HAProxy on every app host checks it.
-* GET /read  200 when MariaDB answers and is the primary or a replica that applies; never
-             a fenced old primary, whose data stops at its fence (stale).
+* GET /read  200 when MariaDB answers and is the primary the writer endpoints may use
+             (holding its lease) or a replica that applies; never a primary that lost its
+             lease or was fenced: it may hold commits no replica has (below).
 * GET /state the cache and the lease, as JSON (for the controller and for peers).
 * POST /lease {token, epoch, seconds}: the controller (dbwatch) renews the primary's lease
   after a fresh read shows MariaDB answering. A lease from an older epoch is refused.
-* POST /fence {token, epoch}: revoke the lease at once, answer 503 to the writer
-  endpoints from now on, end the app's sessions and set read_only (retried until
-  MariaDB answers: a paused server is fenced the moment it resumes).
+* POST /fence {token, epoch}: revoke the lease at once, answer 503 to the endpoints from
+  now on, then, once they have had time to drop this node (`drain_seconds`), end the
+  app's sessions and set read_only (retried until MariaDB answers: a paused server is
+  fenced the moment it resumes).
+
+Why the fence waits before it ends sessions: a commit that waits for the replica's
+semi-sync acknowledgement, cut off from every replica, is committed here, and only here,
+the moment its session is ended. No client was told it succeeded, and the next primary
+will not have it; but a reader sent here after that would see it, then see it vanish
+after the failover (a drill caught exactly that: a note listed, then 404). So the node
+stops answering GET /read as soon as it is no longer leased, and its sessions end only
+after every endpoint has stopped sending it queries.
 
 A primary also holds its lease while a replica receives from it (the replica vouches, as
 a second witness that it is alive), so a controller that is down or cut off does not
@@ -225,6 +235,8 @@ class Agent:
         self.epoch = 0
         self.fenced = False
         self.fence_epoch = 0
+        self.hidden_at = 0.0
+        """Since when the endpoints have been told to stop sending here (the fence's wait)."""
         self.fence_reason = ""
         self.enforcing = False
         self.timeouts = 0
@@ -336,6 +348,32 @@ class Agent:
         )
         return state
 
+    def readable(self):
+        """(may the reader endpoints send reads here, why): see GET /read."""
+        st = self.snapshot()
+        if st["mariadb"] == "unresponsive" and time.monotonic() - self.applying_at < READ_GRACE:
+            # A replica whose poll timed out (a busy machine: the client did not start in
+            # time) stays readable for READ_GRACE after it last applied: a read may be a
+            # little stale, and with every replica briefly "slow" at once the app had no
+            # node to read from at all. Not when MariaDB is down.
+            return True, "readable (a poll was slow)"
+        if st["mariadb"] != "up":
+            return False, st["mariadb"]
+        if st.get("replicating_from"):
+            if st.get("sql_running") != "Yes":
+                return False, "a replica that does not apply"
+            return True, "readable"
+        if st.get("read_only", True):
+            return False, "read-only"
+        # The primary, only while the writer endpoints may use it: once its lease is gone
+        # it is cut off and about to fence itself, and ending its sessions may commit
+        # writes here that no replica has (the module's docstring).
+        if self.fenced:
+            return False, f"fenced ({self.fence_reason})"
+        if not self.holds_lease(time.monotonic()):
+            return False, "no lease"
+        return True, "readable"
+
     def writable(self):
         state = self.snapshot()
         slow = (
@@ -378,6 +416,12 @@ class Agent:
     def fence(self, reason, epoch=0):
         with self.lock:
             already = self.fenced
+            if not already:
+                # GET / and /read turned 503 when the lease ran out (a self-fence), or now.
+                now = time.monotonic()
+                lease_end = max(self.controller_until, self.vouch_until)
+                leased = self.cfg["lease_required"] and self.held_lease
+                self.hidden_at = min(now, lease_end) if leased else now
             self.fenced, self.fence_reason = True, reason
             self.fence_epoch = max(self.fence_epoch, epoch)
             self.controller_until = self.vouch_until = 0.0
@@ -401,7 +445,10 @@ class Agent:
                 self.enforcing = False
 
     def _enforce(self):
-        """End the app's sessions, then read_only: retried until MariaDB has done both."""
+        """End the app's sessions, then read_only: retried until MariaDB has done both.
+        Not before the endpoints have dropped this node (see the module's docstring)."""
+        drained = self.hidden_at + self.cfg.get("drain_seconds", 0.0)
+        time.sleep(max(0.0, drained - time.monotonic()))
         while self.fenced:
             try:
                 ids = sql(
@@ -471,24 +518,8 @@ def handler_for(agent):
                 ok, why = agent.writable()
                 self.reply(200 if ok else 503, why + "\n")
             elif self.path == "/read":
-                # Any node whose MariaDB answers, unless it is a replica that stopped
-                # applying: the app reads here only while no primary answers, and a fenced
-                # old primary, cut off with its app host, still has all it had (stale).
-                st = agent.snapshot()
-                if st.get("replicating_from"):
-                    ok = st.get("sql_running") == "Yes"  # a replica that applies
-                else:
-                    ok = not st.get("read_only", True) and not agent.fenced  # the primary
-                ok = ok and st["mariadb"] == "up"
-                # A replica whose poll timed out (a busy machine: the client did not start
-                # in time) stays readable for READ_GRACE after it last applied: a read is
-                # allowed to be a little stale, and with every replica briefly "slow" at
-                # once the app had no node to read from at all. Not when MariaDB is down.
-                ok = ok or (
-                    st["mariadb"] == "unresponsive"
-                    and time.monotonic() - agent.applying_at < READ_GRACE
-                )
-                self.reply(200 if ok else 503, ("readable" if ok else st["mariadb"]) + "\n")
+                ok, why = agent.readable()
+                self.reply(200 if ok else 503, why + "\n")
             elif self.path == "/state":
                 self.reply(200, json.dumps(agent.public_state()), "application/json")
             else:
