@@ -18,18 +18,21 @@ discards. Disruptive: runs after every other test.
 from __future__ import annotations
 
 import json
+import secrets as secrets_module
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from acceptance.conftest import TOPOLOGY, deploy_option, file_option_is_live, restore_option
-from provision import PROJECT_ROOT, STATE_DIR, dbcluster
-from provision.drills import report
+from acceptance.site import SITE_CLIENT
+from provision import PROJECT_ROOT, STATE_DIR, dbcluster, engine, layout, secrets
+from provision.drills import nemesis, report
 from provision.inventory import Endpoint
-from provision.testkit import fab
+from provision.testkit import JSON, fab, wait_semisync_on
 
 DRILLS = STATE_DIR / "drills"
 pytestmark = pytest.mark.disruptive
@@ -221,3 +224,94 @@ def test_a_balancer_fault_under_load_costs_little_and_at_most_three_seconds(
     if fault == "stop":
         # The machine came back; the address stayed where it moved (nopreempt).
         assert vip_holder(endpoints) != holder
+
+
+def _probe_script(mark: str, seconds: int) -> str:
+    """Shell for an app host: one INSERT of `mark` through the writer endpoint, cut after
+    2 s as the app's own connection is (CONNECT_TIMEOUT), while both endpoints are asked
+    for `mark` every 0.1 s for `seconds`. Prints "<port> <answer>" per read, then the
+    INSERT's exit code. Sent on stdin: the app's password is never on a command line."""
+    tls = f"--ssl-ca={layout.DB_CLIENT_CA} " if dbcluster.uses_tls(TOPOLOGY) else ""
+    client = (
+        f"mariadb -N -B -h 127.0.0.1 -u {layout.APP_USER} --connect-timeout=1 "
+        f"{tls}{layout.DATABASE}"
+    )
+    writer = layout.port_of(layout.DB_WRITER_LISTEN)
+    reader = layout.port_of(layout.DB_READER_LISTEN)
+    insert = f"INSERT INTO notes (text, server) VALUES ('{mark}', 'probe')"
+    return f"""
+export MYSQL_PWD='{secrets.password("db-app")}'
+q() {{ timeout 2 {client} -P "$1" -e "$2" 2>&1 | tr '\\n' ' '; }}
+out=$(mktemp)
+( timeout 2 {client} -P {writer} -e "{insert}" >/dev/null 2>&1; echo "insert-exit $?" > "$out" ) &
+end=$(( $(date +%s) + {seconds} ))
+while [ "$(date +%s)" -lt "$end" ]; do
+    for port in {writer} {reader}; do
+        echo "$port $(q "$port" "SELECT COUNT(*) FROM notes WHERE text = '{mark}'")"
+    done
+    sleep 0.1
+done
+wait
+cat "$out"; rm -f "$out"
+"""
+
+
+@pytest.mark.usefixtures("automatic_failover")
+def test_a_commit_cut_off_from_every_replica_is_never_shown_to_a_reader(
+    endpoints: dict[str, Endpoint],
+) -> None:
+    """The partition drill's dirty read, made to happen on purpose (docs/database.md,
+    "Fencing"). The primary is cut off from its replicas and the controller; a write sent
+    to it then waits for a semi-sync acknowledgement that cannot come. When the primary
+    fences itself it ends that session, and MariaDB commits the write there alone; the
+    new primary never has it. An app host that still reaches the old primary asks both of
+    its database endpoints for that write ten times a second throughout: neither may ever
+    return it."""
+    old = dbcluster.discover_primary(TOPOLOGY, dbcluster.states(TOPOLOGY, endpoints))
+    on_old = TOPOLOGY.hosts[old]
+    app = old if on_old.has_role("app") else TOPOLOGY.with_role("app")[0].name
+    peers = [h.name for h in TOPOLOGY.in_tier("db") + TOPOLOGY.with_role("monitor")]
+    cut = nemesis.links(TOPOLOGY, old, [p for p in dict.fromkeys(peers) if p not in (old, app)])
+    mark = f"dirty-read-probe {secrets_module.token_hex(6)}"
+    # One write first: a replica rebuilt moments ago (the last test's heal) has received
+    # nothing yet, and dbwatch never promotes a node without knowing what it received.
+    first = SITE_CLIENT.request("POST", "/api/notes", json.dumps({"text": mark[:-4]}), JSON)
+    assert first.status == 201, first.body[:200]
+    try:
+        with engine.Remote(on_old, endpoints[old]) as r:
+            wait_semisync_on(SITE_CLIENT, r, 15)
+            r.run(nemesis.install_script(nemesis.chain_rules(cut)))
+        with engine.Remote(TOPOLOGY.hosts[app], endpoints[app]) as r:
+            out = r.run("sh", stdin=_probe_script(mark, 14)).stdout
+    finally:
+        with engine.Remote(on_old, endpoints[old]) as r:
+            r.run(nemesis.remove_script())
+    answers = [line.split(" ", 1) for line in out.splitlines() if line[:1].isdigit()]
+    seen = [f"port {port}" for port, answer in answers if answer.strip() == "1"]
+    answered = [port for port, answer in answers if answer.strip() in ("0", "1")]
+    insert = next((line for line in out.splitlines() if line.startswith("insert-exit")), "")
+    print(f"\n{app} asked {len(answers)} times, {len(answered)} answered; {insert}")
+    assert insert and insert != "insert-exit 0", "no replica could acknowledge the write"
+    assert answered, "the endpoints answered no read at all: the test proved nothing"
+    assert not seen, f"a reader saw a write no replica has: {len(seen)} reads ({seen[:3]})"
+    # Where the write ended (the hazard: on the fenced old primary alone). Either is
+    # allowed for a write whose answer was lost; a reader seeing it while it could still
+    # be dropped is not.
+    new = _new_primary(endpoints, old)
+    found = f"SELECT COUNT(*) FROM {layout.DATABASE}.notes WHERE text = '{mark}';"
+    for name in (old, new):
+        with engine.Remote(TOPOLOGY.hosts[name], endpoints[name]) as r:
+            print(f"{name} holds the write {dbcluster.mysql(r, found)[0][0]} time(s)")
+    heal_cluster(endpoints)
+
+
+def _new_primary(endpoints: dict[str, Endpoint], old: str, limit: float = 30) -> str:
+    """The one writable node once it is not `old` (the controller's failover is done)."""
+    deadline = time.monotonic() + limit
+    while True:
+        states = dbcluster.states(TOPOLOGY, endpoints).values()
+        writable = [s.name for s in states if s.reachable and not s.read_only]
+        if len(writable) == 1 and writable != [old]:
+            return writable[0]
+        assert time.monotonic() < deadline, f"no node replaced {old} within {limit:.0f} s"
+        time.sleep(1)

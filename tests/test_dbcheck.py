@@ -229,7 +229,14 @@ def test_a_fence_ends_sessions_only_after_the_endpoints_dropped_the_node(
     agent.enforce_fence()
     kill = next(t for t, s in statements if s.startswith("KILL"))
     assert 0.3 <= kill - fenced_at < 0.45
-    assert [s for _, s in statements][-2:] == ["SET GLOBAL read_only = ON", "SELECT @@read_only"]
+    # Sessions ended, no more writes, then the ended sessions' semi-sync waits.
+    assert [s for _, s in statements][1:] == [
+        "KILL CONNECTION 41;KILL CONNECTION 42;",
+        "SET GLOBAL read_only = ON",
+        "SELECT @@read_only",
+        m.WAITERS_QUERY,
+        "SET GLOBAL rpl_semi_sync_master_enabled = OFF",
+    ]
 
     statements.clear()
     agent = agent_with(m, PRIMARY)
@@ -239,3 +246,29 @@ def test_a_fence_ends_sessions_only_after_the_endpoints_dropped_the_node(
     agent.enforce_fence()
     kill = next(t for t, s in statements if s.startswith("KILL"))
     assert 0.03 <= kill - fenced_at < 0.15, "the wait counts from the lease's end"
+
+
+def test_a_fence_is_enforced_even_when_semi_sync_cannot_be_switched_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Switching semi-sync off needs a privilege a node deployed before it lacks: the fence
+    (read_only) must not wait on it. A drill once left a fenced node writable that way."""
+    m = load_module()
+    logged: list[tuple[str, dict[str, Any]]] = []
+
+    def fake_sql(statement: str, timeout: float = 1.0) -> str:
+        if "rpl_semi_sync_master_enabled" in statement:
+            raise m.subprocess.CalledProcessError(
+                1, "mariadb", stderr="ERROR 1227 (42000): Access denied; you need SUPER"
+            )
+        return "1\n" if statement == "SELECT @@read_only" else "0\n"
+
+    monkeypatch.setattr(m, "sql", fake_sql)
+    monkeypatch.setattr(m, "log", lambda event, **fields: logged.append((event, fields)))
+    monkeypatch.setattr(m.Agent, "ensure_enforced", lambda self: None)
+    agent = agent_with(m, PRIMARY)
+    agent.fence("failover (epoch 2)", 2)
+    agent.enforce_fence()
+    assert ("fence-enforced", {"killed": 1, "semisync_waits_ended": None}) in logged
+    errors = [f for e, f in logged if e == "error"]
+    assert errors and "Access denied" in errors[0]["error"]

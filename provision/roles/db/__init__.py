@@ -190,7 +190,8 @@ def users(topology: Topology, host: Host) -> list[DbUser]:
                schema_privs={"performance_schema": ("SELECT",)}, why="the mysqld exporter",
                max_connections=LOCAL_WATCHER_CONNECTIONS),
         DbUser("dbcheck", "localhost", None,
-               global_privs=("CONNECTION ADMIN", "PROCESS", "READ_ONLY ADMIN", "SLAVE MONITOR"),
+               global_privs=("CONNECTION ADMIN", "PROCESS", "READ_ONLY ADMIN",
+                             "REPLICATION MASTER ADMIN", "SLAVE MONITOR"),
                why="the node's agent: writability, lease and fence",
                max_connections=LOCAL_WATCHER_CONNECTIONS),
     ]  # fmt: skip

@@ -72,6 +72,10 @@ STUCK_QUERY = (
     "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
     "WHERE ID <> CONNECTION_ID() AND INFO LIKE CONCAT('%dbcheck', '-poll%');"
 )
+WAITERS_QUERY = (
+    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_WAIT_SESSIONS'"
+)
 FRESH = 1.0
 READ_GRACE = 3.0
 """Seconds a replica that applied stays readable while its polls time out (/read)."""
@@ -446,7 +450,8 @@ class Agent:
 
     def _enforce(self):
         """End the app's sessions, then read_only: retried until MariaDB has done both.
-        Not before the endpoints have dropped this node (see the module's docstring)."""
+        Not before the endpoints have dropped this node (see the module's docstring).
+        Then the semi-sync waits of the sessions just ended (end_semisync_waits)."""
         drained = self.hidden_at + self.cfg.get("drain_seconds", 0.0)
         time.sleep(max(0.0, drained - time.monotonic()))
         while self.fenced:
@@ -458,11 +463,29 @@ class Agent:
                     sql("".join(f"KILL CONNECTION {i};" for i in ids), 2.0)
                 sql("SET GLOBAL read_only = ON", 2.0)
                 if sql("SELECT @@read_only", 2.0).strip() == "1":
-                    log("fence-enforced", killed=len(ids))
+                    ended = self.end_semisync_waits()
+                    log("fence-enforced", killed=len(ids), semisync_waits_ended=ended)
                     return
             except (subprocess.SubprocessError, OSError):
                 pass
             time.sleep(0.2)
+
+    def end_semisync_waits(self):
+        """Switch the primary side of semi-sync off; how many waits that ended (None: it
+        failed, logged). A killed session that waits for the acknowledgement still waits
+        out rpl_semi_sync_master_timeout, and when that ran out beside a stale binlog dump
+        thread of the cut-off replica, MariaDB hung for good (every query, its own shutdown
+        included: twice in five partition drills, docs/database.md). Ended here, the waits
+        have no client left to answer; nothing on a fenced, read-only node needs semi-sync.
+        Never in the way of the fence itself: read_only is already on."""
+        try:
+            waiting = int(sql(WAITERS_QUERY, 2.0).strip() or 0)
+            sql("SET GLOBAL rpl_semi_sync_master_enabled = OFF", 2.0)
+            return waiting
+        except (subprocess.SubprocessError, OSError, ValueError) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            log("error", where="fence: semi-sync off", error=str(detail).strip()[-200:])
+            return None
 
     def watch(self):
         while True:
