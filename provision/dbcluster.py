@@ -50,9 +50,31 @@ def slave_status(remote: Remote) -> dict[str, str]:
     }
 
 
-def mysql(remote: Remote, sql: str, check: bool = True) -> list[list[str]]:
-    """Run SQL as root on the machine; rows of tab-separated columns."""
-    res = remote.run("mariadb -N -B", stdin=sql, check=check)
+STATE_TIMEOUT = 10.0
+"""Seconds a read of a node's state may take. A hung MariaDB (every query waits, its own
+shutdown too: docs/database.md) must not hang `fab db.status`, a deploy or a rejoin."""
+TIMED_OUT = 124
+"""timeout(1)'s exit code."""
+
+
+def mysql(
+    remote: Remote, sql: str, check: bool = True, timeout: float | None = None
+) -> list[list[str]]:
+    """Run SQL as root on the machine; rows of tab-separated columns. With `timeout`, a
+    server that does not answer within it is an error (check) or no rows."""
+    if timeout is None:
+        res = remote.run("mariadb -N -B", stdin=sql, check=check)
+    else:
+        res = remote.run(f"timeout {timeout:g} mariadb -N -B", stdin=sql, check=False)
+        if check and res.rc == TIMED_OUT:
+            raise StepError(
+                f"MariaDB did not answer within {timeout:g} s: it may be hung (every query "
+                "waits, `systemctl stop mariadb` too); `systemctl kill -s KILL mariadb`, "
+                "then start it"
+            )
+        if check and not res.ok:
+            err = (res.stderr.strip() or res.stdout.strip()).splitlines()[-3:]
+            raise StepError(f"`mariadb -N -B` exited {res.rc}: {' | '.join(err)}")
     return [line.split("\t") for line in res.stdout.splitlines() if line]
 
 
@@ -109,6 +131,7 @@ def read_state(host: Host, remote: Remote | None) -> NodeState:
             remote,
             "SELECT @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, @@gtid_current_pos, "
             "@@gtid_binlog_state;",
+            timeout=STATE_TIMEOUT,
         )
     except StepError as exc:
         fresh = not remote.run("test -d /var/lib/mysql/mysql", check=False).ok
@@ -126,7 +149,9 @@ def read_state(host: Host, remote: Remote | None) -> NodeState:
     state.using_gtid = fields.get("Using_Gtid", "")
     state.last_error = fields.get("Last_IO_Error", "") or fields.get("Last_SQL_Error", "")
     state.ssl = fields.get("Master_SSL_Allowed", "")
-    rows = mysql(remote, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync%';", check=False)
+    rows = mysql(
+        remote, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync%';", check=False, timeout=STATE_TIMEOUT
+    )
     state.status = {r[0]: r[1] for r in rows if len(r) == 2}
     return state
 

@@ -115,3 +115,56 @@ def test_options_given_once_persist_until_set_back(
     topology.save_options("seed", {**defaults, "auto_failover": False}, defaults)
     assert topology.load("seed").option("auto_failover") is False
     assert not (tmp_path / "seed.json").exists()
+
+
+class _Here:
+    """This machine as a db host: commands run in a local `sh`, with `bin` first on PATH
+    (a stand-in `mariadb` there)."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.path = f"{bin_dir}:/usr/bin:/bin"
+
+    def run(self, command: str, *, check: bool = True, stdin: str | None = None) -> object:
+        import os
+        import subprocess
+
+        from provision.engine.remote import CommandResult
+
+        res = subprocess.run(
+            ["sh", "-c", command], input=stdin or "", capture_output=True, text=True,
+            env={**os.environ, "PATH": self.path}, check=False,
+        )  # fmt: skip
+        result = CommandResult(res.returncode, res.stdout, res.stderr)
+        if check and not result.ok:
+            raise StepError(f"`{command}` exited {result.rc}")
+        return result
+
+
+def test_a_hung_mariadb_reads_as_not_answering_within_the_state_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wedged server takes the connection and never answers (the fenced old primary
+    once did: docs/database.md); reading its state must give up and say so, or `fab
+    db.status`, a deploy and a rejoin would hang with it."""
+    import time
+
+    fake = tmp_path / "mariadb"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(dbcluster, "STATE_TIMEOUT", 0.5)
+    started = time.monotonic()
+    state = dbcluster.read_state(SEED.hosts["web1"], _Here(tmp_path))  # type: ignore[arg-type]
+    assert time.monotonic() - started < 3
+    assert not state.reachable and state.role == "DOWN"
+    assert "did not answer within 0.5 s: it may be hung" in state.error
+
+
+def test_a_mariadb_that_refuses_reads_as_not_answering_with_its_own_error(
+    tmp_path: Path,
+) -> None:
+    fake = tmp_path / "mariadb"
+    fake.write_text("#!/bin/sh\necho 'ERROR 1040 (HY000): Too many connections' >&2; exit 1\n")
+    fake.chmod(0o755)
+    state = dbcluster.read_state(SEED.hosts["web1"], _Here(tmp_path))  # type: ignore[arg-type]
+    assert not state.reachable
+    assert "Too many connections" in state.error and "exited 1" in state.error

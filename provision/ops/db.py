@@ -302,11 +302,16 @@ def rejoin(
     primary = _current(topo, found)
     if host == primary:
         raise DbOpError(f"{host} is the primary; rejoin another node")
+    if not found[host].reachable:
+        # Unread, it cannot say what it holds alone; and the rebuild needs its MariaDB.
+        raise DbOpError(
+            f"{host} cannot be read ({found[host].error}); bring its MariaDB back "
+            f"(`vagrant ssh {host} -c 'sudo systemctl start mariadb'`; a hung one: "
+            "`sudo systemctl kill -s KILL mariadb` first), then run this again"
+        )
     timeline = Timeline()
     with connected(topo, eps, primary) as p, connected(topo, eps, host) as r:
-        lacking = (
-            dbcluster.missing_from(found[host], found[primary]) if found[host].reachable else []
-        )
+        lacking = dbcluster.missing_from(found[host], found[primary])
         if lacking:
             notes = _notes_lacking(r, p)
             listing = "\n".join(f"    {n}" for n in notes) or "    (no notes: other tables)"
