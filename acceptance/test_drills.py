@@ -282,7 +282,7 @@ def test_a_commit_cut_off_from_every_replica_is_never_shown_to_a_reader(
             wait_semisync_on(SITE_CLIENT, r, 15)
             r.run(nemesis.install_script(nemesis.chain_rules(cut)))
         with engine.Remote(TOPOLOGY.hosts[app], endpoints[app]) as r:
-            out = r.run("sh", stdin=_probe_script(mark, 12)).stdout
+            out = r.run("sh", stdin=_probe_script(mark, 10)).stdout
     finally:
         with engine.Remote(on_old, endpoints[old]) as r:
             r.run(nemesis.remove_script())
