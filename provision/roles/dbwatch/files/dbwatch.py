@@ -47,9 +47,6 @@ import urllib.error
 import urllib.request
 
 CONFIG = sys.argv[1] if len(sys.argv) > 1 else "/etc/webinfra-testbed/dbwatch.json"
-RECEIVED_PATIENCE = 5.0
-"""Seconds a stopped replica's SQL thread gets to apply what its IO thread read, when
-Gtid_IO_Pos is empty (Controller.received_by)."""
 STATE = "/var/lib/dbwatch/state.json"
 
 
@@ -322,42 +319,14 @@ class Controller:
         io_stopped = time.monotonic()
         log("receiving-stopped", nodes=stopped, t=t())
         for n in replicas:
-            received[n] = self.received_by(n, t)
-        return received, io_stopped
-
-    def received_by(self, n, t):
-        """The last GTID replica `n` received (its IO thread stopped). Raises when that
-        cannot be known: the relay log goes at the promotion, so guessing could lose
-        acknowledged writes.
-
-        Gtid_IO_Pos is empty until the IO thread receives a first transaction after a
-        (re)start or a rebuild. Then what the replica holds is what it applied, once its SQL
-        thread has executed everything its IO thread read (Exec = Read, same binary log
-        file): waited for up to RECEIVED_PATIENCE s. A primary lost right after a rejoin, before
-        any write, is then failed over instead of waiting for the cut to heal."""
-        deadline = time.monotonic() + RECEIVED_PATIENCE
-        while True:
-            fields = {}
             for line in self.sql(n, "SHOW SLAVE STATUS\\G", names=True).splitlines():
                 key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-            if fields.get("Gtid_IO_Pos"):
-                return fields["Gtid_IO_Pos"]
-            applied_all = (
-                fields.get("Master_Log_File")
-                and fields.get("Master_Log_File") == fields.get("Relay_Master_Log_File")
-                and fields.get("Read_Master_Log_Pos")
-                and fields.get("Read_Master_Log_Pos") == fields.get("Exec_Master_Log_Pos")
-            )
-            if applied_all:
-                applied = self.sql(n, "SELECT @@gtid_slave_pos").strip()
-                if applied:
-                    log("received-is-applied", node=n, gtid=applied, t=t())
-                    return applied
-            if time.monotonic() >= deadline:
+                if key.strip() == "Gtid_IO_Pos":
+                    received[n] = value.strip()
+            if not received.get(n):
                 # Never promote without knowing what was received: the relay log goes.
                 raise RuntimeError(f"cannot read what {n} received")
-            time.sleep(0.2)
+        return received, io_stopped
 
     def promote(self, old, new, received, fenced_at, io_stopped, t, committed):
         out = self.sql(new, f"SELECT MASTER_GTID_WAIT('{received}', 30)", 35).split()
