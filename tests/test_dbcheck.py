@@ -269,6 +269,44 @@ def test_a_fence_is_enforced_even_when_semi_sync_cannot_be_switched_off(
     agent = agent_with(m, PRIMARY)
     agent.fence("failover (epoch 2)", 2)
     agent.enforce_fence()
-    assert ("fence-enforced", {"killed": 1, "semisync_waits_ended": None}) in logged
+    assert ("fence-enforced", {"killed": 1, "semisync_waits_ended": 0}) in logged
     errors = [f for e, f in logged if e == "error"]
     assert errors and "Access denied" in errors[0]["error"]
+    assert agent.semisync_off_pending
+    # The watch loop tries again while the node stays fenced, and stops once it worked.
+    switched: list[str] = []
+    monkeypatch.setattr(m, "sql", lambda statement, timeout=1.0: switched.append(statement) or "0")
+    agent.cfg.update(peers=[], port=9200, address="10.0.0.1")
+    agent.cache["read_only"] = True
+    agent.watch_once()
+    assert "SET GLOBAL rpl_semi_sync_master_enabled = OFF" in switched
+    assert not agent.semisync_off_pending
+
+
+def test_a_fence_laid_again_while_its_thread_waits_is_drained_from_the_new_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fenced, unfenced by a newer lease, fenced again while the first fence's thread still
+    waits: that thread must wait out the new drain, not the first one's."""
+    m = load_module()
+    kills: list[float] = []
+
+    def fake_sql(statement: str, timeout: float = 1.0) -> str:
+        if statement.startswith("KILL"):
+            kills.append(time.monotonic())
+        if statement.startswith("SELECT ID"):
+            return "41\n"
+        return "1\n" if statement == "SELECT @@read_only" else "0\n"
+
+    monkeypatch.setattr(m, "sql", fake_sql)
+    monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    agent = agent_with(m, PRIMARY)
+    agent.fence("failover (epoch 2)", 2)  # its thread starts and waits 0.3 s
+    time.sleep(0.1)
+    agent.fenced = False  # a newer epoch's lease lifted it (grant)
+    agent.fence("failover (epoch 4)", 4)  # the running thread is reused
+    second = time.monotonic()
+    deadline = time.monotonic() + 2
+    while not kills and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert kills and kills[0] - second >= 0.28

@@ -384,7 +384,13 @@ def test_a_read_records_the_note_it_asked_for() -> None:
 def test_a_successful_read_records_the_drill_notes_it_saw() -> None:
     """Only the drill's own texts (other writers' notes are not the checker's business),
     and only from a 200: a refusal's body shows nothing."""
-    listed = {"notes": [{"id": 9, "text": "drill-x 9"}, {"id": 8, "text": "someone else's"}]}
+    listed = {
+        "notes": [
+            {"id": 9, "text": "drill-x 9"},
+            {"id": 8, "text": "someone else's"},
+            {"id": 7, "text": "drill-xy 7"},  # another drill's prefix that starts the same
+        ]
+    }
     kwargs: dict[str, Any] = {
         "method": "GET", "url": "", "start": 1.0, "response_time_ms": 5.0,
         "served_by": "web2", "text": "", "error": "", "prefix": "drill-x",

@@ -135,7 +135,8 @@ def seen_texts(body: Any, prefix: str) -> list[str]:
     if not isinstance(notes, list):
         return []
     texts = [n.get("text") for n in notes if isinstance(n, Mapping)]
-    return [t for t in texts if isinstance(t, str) and t.startswith(prefix)]
+    # "<prefix> <uuid> ...": the prefix and a space, as the final counts select them.
+    return [t for t in texts if isinstance(t, str) and t.startswith(prefix + " ")]
 
 
 def new_prefix() -> str:

@@ -240,6 +240,8 @@ class Agent:
         self.fenced = False
         self.fence_epoch = 0
         self.hidden_at = 0.0
+        self.semisync_off_pending = False
+        """The fence could not switch semi-sync off yet (the watch loop tries again)."""
         """Since when the endpoints have been told to stop sending here (the fence's wait)."""
         self.fence_reason = ""
         self.enforcing = False
@@ -452,9 +454,13 @@ class Agent:
         """End the app's sessions, then read_only: retried until MariaDB has done both.
         Not before the endpoints have dropped this node (see the module's docstring).
         Then the semi-sync waits of the sessions just ended (end_semisync_waits)."""
-        drained = self.hidden_at + self.cfg.get("drain_seconds", 0.0)
-        time.sleep(max(0.0, drained - time.monotonic()))
         while self.fenced:
+            # Read on every pass: a fence lifted and laid again while this thread waited
+            # starts a new drain, which this thread must honour too.
+            drained = self.hidden_at + self.cfg.get("drain_seconds", 0.0)
+            if time.monotonic() < drained:
+                time.sleep(min(0.2, drained - time.monotonic()))
+                continue
             try:
                 ids = sql(
                     "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'app'", 2.0
@@ -471,21 +477,26 @@ class Agent:
             time.sleep(0.2)
 
     def end_semisync_waits(self):
-        """Switch the primary side of semi-sync off; how many waits that ended (None: it
-        failed, logged). A killed session that waits for the acknowledgement still waits
-        out rpl_semi_sync_master_timeout, and when that ran out beside a stale binlog dump
-        thread of the cut-off replica, MariaDB hung for good (every query, its own shutdown
-        included: twice in five partition drills, docs/database.md). Ended here, the waits
-        have no client left to answer; nothing on a fenced, read-only node needs semi-sync.
-        Never in the way of the fence itself: read_only is already on."""
+        """Switch the primary side of semi-sync off; how many commits were still waiting
+        for an acknowledgement just before (None: unknown). The kill above ends the waits
+        of the sessions it ends (measured: 0 left); this is for the dump threads: once,
+        about 10 s after a fence, a stale binlog dump thread of the cut-off replica ended
+        beside the semi-sync state and MariaDB hung for good (every query, its own shutdown
+        included: docs/database.md). Nothing on a fenced, read-only node needs semi-sync.
+        Never in the way of the fence itself: read_only is already on. A refusal is logged;
+        the watch loop tries again while the node stays fenced (semisync_off_pending)."""
         try:
             waiting = int(sql(WAITERS_QUERY, 2.0).strip() or 0)
+        except (subprocess.SubprocessError, OSError, ValueError):
+            waiting = None
+        try:
             sql("SET GLOBAL rpl_semi_sync_master_enabled = OFF", 2.0)
-            return waiting
-        except (subprocess.SubprocessError, OSError, ValueError) as exc:
+            self.semisync_off_pending = False
+        except (subprocess.SubprocessError, OSError) as exc:
+            self.semisync_off_pending = True
             detail = getattr(exc, "stderr", "") or str(exc)
             log("error", where="fence: semi-sync off", error=str(detail).strip()[-200:])
-            return None
+        return waiting
 
     def watch(self):
         while True:
@@ -501,6 +512,8 @@ class Agent:
         me = self.cfg["address"]
         if self.fenced and self.snapshot().get("read_only") is False:
             self.ensure_enforced()  # made writable again by hand or by a stale deploy
+        elif self.fenced and self.semisync_off_pending:
+            self.end_semisync_waits()
         if not self.cfg["lease_required"]:
             return
         for peer in peers:
