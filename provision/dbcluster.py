@@ -42,7 +42,7 @@ alone, and no reader may see that (docs/database.md, "Fencing")."""
 
 def slave_status(remote: Remote) -> dict[str, str]:
     """SHOW SLAVE STATUS as a mapping; empty when the node replicates from no one."""
-    out = remote.run("mariadb -e 'SHOW SLAVE STATUS\\G'", check=False).stdout
+    out = remote.run(SLAVE_STATUS, check=False).stdout
     return {
         k.strip(): v.strip()
         for k, _, v in (line.partition(":") for line in out.splitlines())
@@ -55,6 +55,8 @@ STATE_TIMEOUT = 10.0
 shutdown too: docs/database.md) must not hang `fab db.status`, a deploy or a rejoin."""
 TIMED_OUT = 124
 """timeout(1)'s exit code."""
+SLAVE_STATUS = f"timeout {STATE_TIMEOUT:g} mariadb -e 'SHOW SLAVE STATUS\\G'"
+"""SHOW SLAVE STATUS, given up after STATE_TIMEOUT (a hung server answers nothing: empty)."""
 
 
 def mysql(
@@ -330,7 +332,7 @@ def seed_replica(
 def wait_replicating(replica: Remote, seconds: float = CATCH_UP_SECONDS) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        res = replica.run("mariadb -e 'SHOW SLAVE STATUS\\G'", check=False).stdout
+        res = replica.run(SLAVE_STATUS, check=False).stdout
         if "Slave_IO_Running: Yes" in res and "Slave_SQL_Running: Yes" in res:
             return
         time.sleep(0.5)

@@ -158,7 +158,7 @@ def _notes_lacking(node: engine.Remote, primary: engine.Remote, limit: int = 200
     """The newest notes on `node` that the primary lacks (id and text), for the operator."""
     rows = dbcluster.mysql(
         node, f"SELECT id, text FROM {layout.DATABASE}.notes ORDER BY id DESC LIMIT {limit};",
-        check=False,
+        check=False, timeout=dbcluster.STATE_TIMEOUT,
     )  # fmt: skip
     if not rows:
         return []
@@ -169,6 +169,7 @@ def _notes_lacking(node: engine.Remote, primary: engine.Remote, limit: int = 200
             primary,
             f"SELECT id, text FROM {layout.DATABASE}.notes WHERE id IN ({ids});",
             check=False,
+            timeout=dbcluster.STATE_TIMEOUT,
         )
     }
     return [f"note {r[0]}: {r[1][:60]!r}" for r in rows if len(r) > 1 and (r[0], r[1]) not in there]

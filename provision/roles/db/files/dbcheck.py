@@ -23,7 +23,8 @@ design; in short:
 * POST /fence {token, epoch}: revoke the lease at once, answer 503 to the endpoints from
   now on, then, once they have had time to drop this node (`drain_seconds`), end the
   app's sessions and set read_only (retried until MariaDB answers: a paused server is
-  fenced the moment it resumes).
+  fenced the moment it resumes), then switch semi-sync's primary side off (retried by the
+  watch loop while the node stays fenced: a fenced node waits for no replica).
 
 Why the fence waits before it ends sessions: a commit that waits for the replica's
 semi-sync acknowledgement, cut off from every replica, is committed here, and only here,
@@ -240,9 +241,9 @@ class Agent:
         self.fenced = False
         self.fence_epoch = 0
         self.hidden_at = 0.0
+        """Since when the endpoints have been told to stop sending here (the fence's wait)."""
         self.semisync_off_pending = False
         """The fence could not switch semi-sync off yet (the watch loop tries again)."""
-        """Since when the endpoints have been told to stop sending here (the fence's wait)."""
         self.fence_reason = ""
         self.enforcing = False
         self.timeouts = 0
