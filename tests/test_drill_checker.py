@@ -378,9 +378,19 @@ def test_a_read_of_a_write_the_cluster_then_dropped_fails_the_dirty_read_check()
     assert check(d.history()).ok
 
 
-def test_reads_that_named_no_drill_note_check_nothing_and_say_so() -> None:
+def test_lists_after_acknowledged_writes_that_named_no_note_fail_the_dirty_read_check() -> None:
+    """A list shows the newest notes: answered after a write was acknowledged, it names
+    one. If none does, the load recorded nothing, and a dirty read would go unseen."""
     d = clean_failover()
     d.ops = [replace(op, seen=()) for op in d.ops]
+    verdict = check(d.history())
+    assert names_failed(verdict) == ["reads_see_only_kept_writes"]
+    assert "no read named a drill note" in verdict.invariant("reads_see_only_kept_writes").evidence
+
+
+def test_reads_with_no_list_after_an_acknowledged_write_check_nothing_and_say_so() -> None:
+    d = clean_failover()
+    d.ops = [replace(op, seen=()) for op in d.ops if op.kind != "list"]
     inv = check(d.history()).invariant("reads_see_only_kept_writes")
     assert inv.ok and inv.evidence.startswith("no successful read named a drill note")
 

@@ -34,8 +34,9 @@ The invariants, by their stable names:
     Every drill note a successful list or read returned (``seen``) is present on the
     final primary: no reader saw a write the cluster then dropped (a dirty read, Jepsen's
     G1a). A write that ended "unknown" may or may not be kept; once a reader has seen it,
-    it must be. Histories recorded before reads kept what they saw check nothing here
-    (the evidence says how many reads named notes).
+    it must be. Reads that named no note at all pass only when no list was answered after
+    a write was acknowledged (a list shows the newest notes): otherwise the load did not
+    record what reads saw, and the check fails rather than pass unchecked.
 ``gets_answer_during_web_fault``
     Only for a web-tier drill (drill.json ``expect.web_fault``): no GET of any kind (those
     of an unexpected kind such as ``other`` included) fails.
@@ -348,6 +349,21 @@ def _reads_see_only_kept_writes(c: _Context) -> InvariantResult:
     final = c.h.final
     reads = [op for op in c.h.ops if not op.is_write and op.seen and c.of(op) == "ok"]
     if not reads:
+        # A list answered after a write was acknowledged shows that write (the newest notes
+        # first): lists that named nothing mean the load recorded nothing, not a clean run.
+        acked = [w for w in c.writes if c.of(w) == "ok"]
+        first = min((w.end for w in acked), default=None)
+        lists = [
+            op for op in c.h.ops
+            if op.kind == "list" and c.of(op) == "ok" and first is not None and op.start > first
+        ]  # fmt: skip
+        if lists:
+            return _result(
+                name, False,
+                f"{len(acked)} writes acknowledged and {len(lists)} lists answered after "
+                "the first, but no read named a drill note: the load did not record what "
+                "reads saw (history.jsonl without `seen`?), so dirty reads went unchecked",
+            )  # fmt: skip
         return _result(name, True, "no successful read named a drill note: nothing to check")
     if final.primary is None or final.primary not in final.counts:
         return _result(
