@@ -240,7 +240,11 @@ def db_switchover(c: Context, topology: str = "", inventory: str = "", target: s
 )
 @exits("db.failover")
 def db_failover(c: Context, topology: str = "", inventory: str = "", force: bool = False) -> None:
-    """Fence the lost primary (STONITH over SSH), then promote the most advanced replica."""
+    """Fence the lost primary (STONITH over SSH), then promote the most advanced replica.
+
+    With every node fenced (read-only, following no one: no replica to promote), promote
+    the node that holds every transaction any other holds, and only with --force; then
+    `fab db.rejoin` the others."""
     topo = load(topology)
     dbops.failover(topo, endpoints(topo, inventory), force=force)
 

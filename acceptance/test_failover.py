@@ -21,10 +21,18 @@ from acceptance.conftest import (
     restore_option,
 )
 from acceptance.site import SITE_CLIENT
-from provision import dbcluster, engine
+from provision import dbcluster, engine, secrets
 from provision.inventory import Endpoint
 from provision.power import Power
-from provision.testkit import Writer, fab, not_present_once, semisync_status, wait_semisync_on
+from provision.testkit import (
+    JSON,
+    Writer,
+    fab,
+    fab_run,
+    not_present_once,
+    semisync_status,
+    wait_semisync_on,
+)
 
 _OPENED: list[engine.Remote] = []
 
@@ -218,6 +226,75 @@ def test_automatic_failover_keeps_the_service_answering_and_loses_nothing(
         assert _read_only_when_back(r, old)
     fab("db.rejoin", "--host", old, "--discard")
     assert dbcluster.states(TOPOLOGY, endpoints)[old].role == "replica"
+
+
+def _fence_every_node(endpoints: dict[str, Endpoint]) -> None:
+    """What a starved host once left behind (docs/database.md, "A starved host can leave
+    every node fenced"): every node read-only and following no one, each agent fenced in an
+    epoch the controller has not reached. dbwatch is stopped meanwhile and started after."""
+    monitor = TOPOLOGY.with_role("monitor")[0]
+    nodes = [h.name for h in TOPOLOGY.in_tier("db")]
+    fence = json.dumps({"token": secrets.password("dbwatch-token"), "epoch": 1_000_000})
+    with _remote(endpoints, monitor.name) as m:
+        m.run("systemctl stop dbwatch")
+        try:
+            for name in nodes:  # the promotions dbwatch tried: nobody follows anybody
+                with _remote(endpoints, name) as r:
+                    dbcluster.mysql(r, "SET GLOBAL read_only = ON; STOP SLAVE; RESET SLAVE ALL;")
+            for name in nodes:
+                address = TOPOLOGY.address_for(monitor, TOPOLOGY.hosts[name])
+                res = m.run(
+                    "curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST "
+                    "-H 'Content-Type: application/json' --data-binary @- "
+                    f"http://{address}:{TOPOLOGY.port('dbcheck')}/fence",
+                    stdin=fence,
+                    check=False,
+                )
+                assert res.stdout == "200", f"fencing {name}'s agent: HTTP {res.stdout}"
+        finally:
+            m.run("systemctl start dbwatch")
+
+
+@pytest.mark.disruptive
+@pytest.mark.usefixtures("healthy_cluster", "auto_failover")
+def test_a_cluster_with_every_node_fenced_is_brought_back_by_hand_losing_nothing(
+    endpoints: dict[str, Endpoint],
+) -> None:
+    """Every node fenced: dbwatch cannot promote any (none is a replica), and each agent
+    sets read_only back on a node made writable by hand. `fab db.failover` says which node
+    holds everything and refuses without --force; with it, that node takes writes again,
+    every note acknowledged before is there, and the others rejoin without discarding."""
+    writer = Writer(SITE_CLIENT).start()
+    try:
+        time.sleep(2)
+    finally:
+        writer.stop()
+    assert writer.acked, "no write was acknowledged before the fault"
+    _fence_every_node(endpoints)
+    time.sleep(2 * dbcluster.LEASE_SECONDS)  # dbwatch has had time to act: it cannot
+    states = dbcluster.states(TOPOLOGY, endpoints)
+    assert {n: s.role for n, s in states.items()} == dict.fromkeys(states, "fenced")
+    refused = SITE_CLIENT.request("POST", "/api/notes", json.dumps({"text": "fenced"}), JSON)
+    assert refused.status >= 500, "a write was taken with every node fenced"
+
+    asked = fab_run("db.failover")
+    assert asked.returncode != 0
+    best = dbcluster.choose_primary(TOPOLOGY, states)
+    assert f"{best} holds every transaction" in asked.stdout + asked.stderr
+    out = fab("db.failover", "--force")
+    print(f"\nevery node fenced; fab db.failover --force:\n{out}")
+    assert f"Failover: {best} is the primary" in out, out
+    reply = SITE_CLIENT.request("POST", "/api/notes", json.dumps({"text": "back"}), JSON)
+    assert reply.status == 201, reply.status
+    with _remote(endpoints, best) as r:
+        assert not_present_once(r, writer.acked) == []
+    for name in states:
+        if name != best:
+            fab("db.rejoin", "--host", name)  # no --discard: it holds nothing best lacks
+    after = dbcluster.states(TOPOLOGY, endpoints)
+    assert {n: s.role for n, s in after.items()} == {
+        n: "primary" if n == best else "replica" for n in after
+    }
 
 
 @pytest.mark.disruptive

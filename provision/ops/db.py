@@ -237,7 +237,12 @@ def failover(
     """Unplanned: the primary is dead or fenced; fence it for sure, promote the best replica.
 
     With the old primary's MariaDB answering (it restarted read-only), the replica first
-    catches up with everything it has, so nothing is discarded at all."""
+    catches up with everything it has, so nothing is discarded at all. With every node
+    fenced, see _promote_fenced."""
+    found = dbcluster.states(topo, eps)
+    if found and all(s.role == "fenced" for s in found.values()):
+        # Neither dbwatch nor a replica can end this: it is the operator's call.
+        return _promote_fenced(topo, eps, found, force)
     if topo.option("auto_failover", False) and not force:
         raise DbOpError(
             "automatic failover is on: dbwatch on the monitor promotes and fences "
@@ -245,7 +250,6 @@ def failover(
             "`fab db.switchover` for a planned move, or --force to act by hand anyway."
         )
     timeline = Timeline()
-    found = dbcluster.states(topo, eps)
     replicas = [s for s in found.values() if s.reachable and s.replicating_from]
     writable = [s for s in found.values() if s.reachable and s.role == "primary"]
     if writable:
@@ -273,7 +277,7 @@ def failover(
     for s in lost:
         timeline.mark(_fence_old(topo, eps, s, force))
     new = dbcluster.most_advanced(replicas).name
-    with connected(topo, eps, new) as remote:
+    with _hand_promotion(topo, eps, new, timeline) as remote:
         for s in lost:
             if s.reachable and s.read_only and s.gtid_binlog_pos:
                 try:  # it answers: take everything it has (its replica reconnects to it)
@@ -289,6 +293,73 @@ def failover(
         flush=True,
     )
     _record("failover", timeline, new=new, lost=[s.name for s in lost])
+    return timeline
+
+
+@contextmanager
+def _hand_promotion(
+    topo: topology.Topology, eps: dict[str, inventory.Endpoint], new: str, timeline: Timeline
+) -> Iterator[engine.Remote]:
+    """A connection to `new` for a promotion by hand, which its agent and dbwatch let stand.
+
+    With automatic failover, dbwatch is stopped for the while (it would fence a node it
+    did not promote) and started again at the end, whatever happened: it then adopts the
+    only writable node with a new epoch. `new`'s agent is restarted first, since a fence
+    lives in the agent's memory, and a fenced agent sets read_only back on a node made
+    writable by hand (docs/database.md, "Fencing")."""
+    mon = monitoring.monitor_host(topo)
+    watcher = mon.name if mon is not None and topo.option("auto_failover", False) else ""
+    with contextlib.ExitStack() as stack:
+        if watcher:
+            w = stack.enter_context(connected(topo, eps, watcher))
+            w.run("systemctl stop dbwatch")
+            stack.callback(timeline.mark, f"dbwatch started on {watcher}: it adopts {new}")
+            stack.callback(w.run, "systemctl start dbwatch")
+            timeline.mark(f"dbwatch stopped on {watcher} for the promotion")
+        remote = stack.enter_context(connected(topo, eps, new))
+        remote.run("systemctl restart dbcheck")
+        timeline.mark(f"{new}'s agent restarted: a fence it held is lifted")
+        yield remote
+
+
+def _promote_fenced(
+    topo: topology.Topology,
+    eps: dict[str, inventory.Endpoint],
+    found: dict[str, NodeState],
+    force: bool,
+) -> Timeline:
+    """Every node answers read-only and follows no one: all fenced (docs/database.md, "A
+    starved host can leave every node fenced"). dbwatch refuses to promote any of them, and
+    each agent sets read_only back on a node made writable by hand. Promote the node that
+    holds every transaction any other holds (the deploy's own rule, dbcluster.choose_primary):
+    with dbwatch stopped, its agent restarted (a fence lives in the agent's memory), then
+    dbwatch started again, which adopts the only writable node with a new epoch."""
+    names = ", ".join(sorted(found))
+    try:
+        new = dbcluster.choose_primary(topo, found)
+    except engine.StepError as exc:
+        raise DbOpError(
+            f"every database node ({names}) is read-only and follows no one; {exc}"
+        ) from None
+    if not force:
+        raise DbOpError(
+            f"every database node ({names}) is read-only and follows no one (fenced): "
+            f"nothing takes writes. {new} holds every transaction the others hold "
+            f"({found[new].gtid_current_pos or 'none yet'}); `fab db.failover --force` "
+            "promotes it and loses nothing."
+        )
+    timeline = Timeline()
+    timeline.mark(f"every node fenced ({names}); {new} holds every transaction the others hold")
+    with _hand_promotion(topo, eps, new, timeline) as remote:
+        dbcluster.promote(remote, timeline)
+    _wait_writer_endpoint(topo, eps, timeline)
+    others = [n for n in sorted(found) if n != new]
+    print(
+        f"Failover: {new} is the primary. Bring the others back as replicas: "
+        + "; ".join(f"`fab db.rejoin --host {n}`" for n in others),
+        flush=True,
+    )
+    _record("failover", timeline, new=new, lost=others, all_fenced=True)
     return timeline
 
 
