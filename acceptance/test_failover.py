@@ -228,19 +228,36 @@ def test_automatic_failover_keeps_the_service_answering_and_loses_nothing(
     assert dbcluster.states(TOPOLOGY, endpoints)[old].role == "replica"
 
 
-def _fence_every_node(endpoints: dict[str, Endpoint]) -> None:
+def _fence_every_node(endpoints: dict[str, Endpoint], ahead: str) -> None:
     """What a starved host once left behind (docs/database.md, "A starved host can leave
-    every node fenced"): every node read-only and following no one, each agent fenced in an
-    epoch the controller has not reached. dbwatch is stopped meanwhile and started after."""
+    every node fenced"): every node read-only and following no one, each agent fenced by
+    the controller in its current epoch. Node `ahead` took one write of its own while it
+    stood alone (as a node dbwatch promoted then fenced may have): it holds everything,
+    the others lack that write. dbwatch is stopped meanwhile and started after."""
     monitor = TOPOLOGY.with_role("monitor")[0]
     nodes = [h.name for h in TOPOLOGY.in_tier("db")]
-    fence = json.dumps({"token": secrets.password("dbwatch-token"), "epoch": 1_000_000})
     with _remote(endpoints, monitor.name) as m:
         m.run("systemctl stop dbwatch")
         try:
+            epoch = json.loads(m.run("cat /var/lib/dbwatch/state.json").stdout)["epoch"]
+            states = dbcluster.states(TOPOLOGY, endpoints)
+            primary = dbcluster.discover_primary(TOPOLOGY, states)
+            with _remote(endpoints, primary) as p:
+                pos = dbcluster.mysql(p, "SELECT @@gtid_binlog_pos;")[0][0]
             for name in nodes:  # the promotions dbwatch tried: nobody follows anybody
                 with _remote(endpoints, name) as r:
+                    if name != primary:
+                        dbcluster.wait_applied(r, pos)
                     dbcluster.mysql(r, "SET GLOBAL read_only = ON; STOP SLAVE; RESET SLAVE ALL;")
+                    if name == ahead:
+                        dbcluster.mysql(
+                            r,
+                            "SET GLOBAL rpl_semi_sync_master_enabled = OFF; "
+                            "SET GLOBAL read_only = OFF; INSERT INTO testbed.notes (text, server) "
+                            f"VALUES ('written on {name} alone', '{name}'); "
+                            "SET GLOBAL read_only = ON;",
+                        )
+            fence = json.dumps({"token": secrets.password("dbwatch-token"), "epoch": epoch})
             for name in nodes:
                 address = TOPOLOGY.address_for(monitor, TOPOLOGY.hosts[name])
                 res = m.run(
@@ -255,22 +272,36 @@ def _fence_every_node(endpoints: dict[str, Endpoint]) -> None:
             m.run("systemctl start dbwatch")
 
 
+def _write_answered(text: str, limit: float = 5) -> int:
+    """The status of a POST of `text`, retried for `limit` s while it is not 201 (an app
+    host's writer endpoint checks its nodes every 500 ms)."""
+    deadline = time.monotonic() + limit
+    while True:
+        status = SITE_CLIENT.request("POST", "/api/notes", json.dumps({"text": text}), JSON).status
+        if status == 201 or time.monotonic() > deadline:
+            return status
+        time.sleep(0.25)
+
+
 @pytest.mark.disruptive
 @pytest.mark.usefixtures("healthy_cluster", "auto_failover")
 def test_a_cluster_with_every_node_fenced_is_brought_back_by_hand_losing_nothing(
     endpoints: dict[str, Endpoint],
 ) -> None:
     """Every node fenced: dbwatch cannot promote any (none is a replica), and each agent
-    sets read_only back on a node made writable by hand. `fab db.failover` says which node
-    holds everything and refuses without --force; with it, that node takes writes again,
-    every note acknowledged before is there, and the others rejoin without discarding."""
+    sets read_only back on a node made writable by hand. `fab db.failover` names the node
+    that holds everything (not the topology's home primary: another node is ahead) and
+    refuses without --force; with it, that node takes writes again, every note acknowledged
+    before is there, and the others rejoin without discarding anything."""
+    home = TOPOLOGY.with_role("db-primary")[0].name
+    ahead = next(h.name for h in TOPOLOGY.in_tier("db") if h.name != home)
     writer = Writer(SITE_CLIENT).start()
     try:
         time.sleep(2)
     finally:
         writer.stop()
     assert writer.acked, "no write was acknowledged before the fault"
-    _fence_every_node(endpoints)
+    _fence_every_node(endpoints, ahead)
     time.sleep(2 * dbcluster.LEASE_SECONDS)  # dbwatch has had time to act: it cannot
     states = dbcluster.states(TOPOLOGY, endpoints)
     assert {n: s.role for n, s in states.items()} == dict.fromkeys(states, "fenced")
@@ -279,21 +310,22 @@ def test_a_cluster_with_every_node_fenced_is_brought_back_by_hand_losing_nothing
 
     asked = fab_run("db.failover")
     assert asked.returncode != 0
-    best = dbcluster.choose_primary(TOPOLOGY, states)
-    assert f"{best} holds every transaction" in asked.stdout + asked.stderr
+    assert f"{ahead} holds every transaction" in asked.stdout + asked.stderr
     out = fab("db.failover", "--force")
     print(f"\nevery node fenced; fab db.failover --force:\n{out}")
-    assert f"Failover: {best} is the primary" in out, out
-    reply = SITE_CLIENT.request("POST", "/api/notes", json.dumps({"text": "back"}), JSON)
-    assert reply.status == 201, reply.status
-    with _remote(endpoints, best) as r:
+    assert f"Failover: {ahead} is the primary" in out, out
+    assert _write_answered("back") == 201
+    with _remote(endpoints, ahead) as r:
         assert not_present_once(r, writer.acked) == []
+        own = dbcluster.mysql(r, f"SELECT COUNT(*) FROM testbed.notes WHERE server = '{ahead}' "
+                              f"AND text = 'written on {ahead} alone';")  # fmt: skip
+        assert own == [["1"]]
     for name in states:
-        if name != best:
-            fab("db.rejoin", "--host", name)  # no --discard: it holds nothing best lacks
+        if name != ahead:
+            fab("db.rejoin", "--host", name)  # no --discard: it holds nothing `ahead` lacks
     after = dbcluster.states(TOPOLOGY, endpoints)
     assert {n: s.role for n, s in after.items()} == {
-        n: "primary" if n == best else "replica" for n in after
+        n: "primary" if n == ahead else "replica" for n in after
     }
 
 

@@ -278,6 +278,7 @@ def failover(
         timeline.mark(_fence_old(topo, eps, s, force))
     new = dbcluster.most_advanced(replicas).name
     with _hand_promotion(topo, eps, new, timeline) as remote:
+        _lift_fence(remote, new, timeline)
         for s in lost:
             if s.reachable and s.read_only and s.gtid_binlog_pos:
                 try:  # it answers: take everything it has (its replica reconnects to it)
@@ -296,6 +297,15 @@ def failover(
     return timeline
 
 
+def _lift_fence(remote: engine.Remote, name: str, timeline: Timeline | None = None) -> None:
+    """Restart `name`'s agent: a fence lives in its memory, and a fenced agent sets
+    read_only back on a node made writable by hand (docs/database.md, "Fencing"). Only for
+    a node about to be promoted by hand, or one that now replicates from the primary."""
+    remote.run("systemctl restart dbcheck")
+    if timeline is not None:
+        timeline.mark(f"{name}'s agent restarted: a fence it held is lifted")
+
+
 @contextmanager
 def _hand_promotion(
     topo: topology.Topology, eps: dict[str, inventory.Endpoint], new: str, timeline: Timeline
@@ -303,22 +313,32 @@ def _hand_promotion(
     """A connection to `new` for a promotion by hand, which its agent and dbwatch let stand.
 
     With automatic failover, dbwatch is stopped for the while (it would fence a node it
-    did not promote) and started again at the end, whatever happened: it then adopts the
-    only writable node with a new epoch. `new`'s agent is restarted first, since a fence
-    lives in the agent's memory, and a fenced agent sets read_only back on a node made
-    writable by hand (docs/database.md, "Fencing")."""
+    did not promote) and started again at the end, over a new connection, whatever
+    happened: it then adopts the only writable node with a new epoch. The caller restarts
+    `new`'s agent (_lift_fence) once it has checked the cluster with dbwatch stopped."""
     mon = monitoring.monitor_host(topo)
     watcher = mon.name if mon is not None and topo.option("auto_failover", False) else ""
+
+    def start_watcher() -> None:
+        # A new connection: the promotion may have outlived the first one.
+        start = f"`vagrant ssh {watcher} -c 'sudo systemctl start dbwatch'`"
+        try:
+            with connected(topo, eps, watcher) as w:
+                w.run("systemctl start dbwatch")
+        except (DbOpError, engine.StepError) as exc:
+            raise DbOpError(
+                f"dbwatch could not be started again on {watcher} ({exc}); automatic "
+                f"failover is off until it is: {start}"
+            ) from None
+        timeline.mark(f"dbwatch started again on {watcher}: it adopts the writable node")
+
     with contextlib.ExitStack() as stack:
         if watcher:
-            w = stack.enter_context(connected(topo, eps, watcher))
-            w.run("systemctl stop dbwatch")
-            stack.callback(timeline.mark, f"dbwatch started on {watcher}: it adopts {new}")
-            stack.callback(w.run, "systemctl start dbwatch")
+            with connected(topo, eps, watcher) as w:
+                w.run("systemctl stop dbwatch")
+            stack.callback(start_watcher)
             timeline.mark(f"dbwatch stopped on {watcher} for the promotion")
         remote = stack.enter_context(connected(topo, eps, new))
-        remote.run("systemctl restart dbcheck")
-        timeline.mark(f"{new}'s agent restarted: a fence it held is lifted")
         yield remote
 
 
@@ -351,6 +371,20 @@ def _promote_fenced(
     timeline = Timeline()
     timeline.mark(f"every node fenced ({names}); {new} holds every transaction the others hold")
     with _hand_promotion(topo, eps, new, timeline) as remote:
+        # Read again with dbwatch stopped: it may have acted since the first read.
+        again = dbcluster.states(topo, eps)
+        if not all(s.role == "fenced" for s in again.values()):
+            raise DbOpError(
+                "the cluster changed while dbwatch was being stopped: "
+                + ", ".join(f"{n} {s.role}" for n, s in sorted(again.items()))
+                + ". Nothing was promoted; look at `fab db.status` and run again."
+            )
+        try:
+            if dbcluster.choose_primary(topo, again) != new:
+                raise DbOpError(f"{new} no longer holds every transaction; run again")
+        except engine.StepError as exc:
+            raise DbOpError(str(exc)) from None
+        _lift_fence(remote, new, timeline)
         dbcluster.promote(remote, timeline)
     _wait_writer_endpoint(topo, eps, timeline)
     others = [n for n in sorted(found) if n != new]
@@ -407,6 +441,9 @@ def rejoin(
         dbcluster.wait_replicating(r)
         dbcluster.resume_semisync(p, r)
         timeline.mark(f"{host} replicates from {primary}")
+        # A fence from its time as primary would set read_only back on it if it were ever
+        # promoted by hand (a switchover): a replica of the primary has nothing to fence.
+        _lift_fence(r, host, timeline)
     _record("rejoin", timeline, host=host, primary=primary, gtid=gtid, discarded=lacking)
     return timeline
 
