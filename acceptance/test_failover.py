@@ -21,7 +21,7 @@ from acceptance.conftest import (
     restore_option,
 )
 from acceptance.site import SITE_CLIENT
-from provision import dbcluster, engine, secrets
+from provision import dbcluster, engine, layout, secrets
 from provision.inventory import Endpoint
 from provision.power import Power
 from provision.testkit import (
@@ -239,7 +239,7 @@ def _fence_every_node(endpoints: dict[str, Endpoint], ahead: str) -> None:
     with _remote(endpoints, monitor.name) as m:
         m.run("systemctl stop dbwatch")
         try:
-            epoch = json.loads(m.run("cat /var/lib/dbwatch/state.json").stdout)["epoch"]
+            epoch = json.loads(m.run(f"cat {layout.DBWATCH_STATE}").stdout)["epoch"]
             states = dbcluster.states(TOPOLOGY, endpoints)
             primary = dbcluster.discover_primary(TOPOLOGY, states)
             with _remote(endpoints, primary) as p:
@@ -253,11 +253,12 @@ def _fence_every_node(endpoints: dict[str, Endpoint], ahead: str) -> None:
                         dbcluster.mysql(
                             r,
                             "SET GLOBAL rpl_semi_sync_master_enabled = OFF; "
-                            "SET GLOBAL read_only = OFF; INSERT INTO testbed.notes (text, server) "
+                            "SET GLOBAL read_only = OFF; "
+                            f"INSERT INTO {layout.DATABASE}.notes (text, server) "
                             f"VALUES ('written on {name} alone', '{name}'); "
                             "SET GLOBAL read_only = ON;",
                         )
-            fence = json.dumps({"token": secrets.password("dbwatch-token"), "epoch": epoch})
+            fence = json.dumps({"token": secrets.password(layout.DBWATCH_TOKEN), "epoch": epoch})
             for name in nodes:
                 address = TOPOLOGY.address_for(monitor, TOPOLOGY.hosts[name])
                 res = m.run(
@@ -317,8 +318,11 @@ def test_a_cluster_with_every_node_fenced_is_brought_back_by_hand_losing_nothing
     assert _write_answered("back") == 201
     with _remote(endpoints, ahead) as r:
         assert not_present_once(r, writer.acked) == []
-        own = dbcluster.mysql(r, f"SELECT COUNT(*) FROM testbed.notes WHERE server = '{ahead}' "
-                              f"AND text = 'written on {ahead} alone';")  # fmt: skip
+        own = dbcluster.mysql(
+            r,
+            f"SELECT COUNT(*) FROM {layout.DATABASE}.notes "
+            f"WHERE server = '{ahead}' AND text = 'written on {ahead} alone';",
+        )
         assert own == [["1"]]
     for name in states:
         if name != ahead:

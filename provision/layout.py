@@ -56,6 +56,10 @@ APP_USER = "app"
 FAILOVER_USER = "failover"
 """dbwatch's account on the monitor (automatic failover)."""
 REPL_USER = "repl"
+DBWATCH_TOKEN = "dbwatch-token"
+"""The secret (provision/secrets.py) dbwatch shows the agents to renew a lease or fence."""
+DBWATCH_STATE = "/var/lib/dbwatch/state.json"
+"""Where dbwatch keeps the primary it follows and its epoch."""
 
 # --------------------------------------------------------------------------- units
 

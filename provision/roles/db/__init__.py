@@ -34,7 +34,7 @@ from provision.engine import (
     role_script,
     system_user,
 )
-from provision.layout import APP_USER, DATABASE, DB_TLS_DIR, FAILOVER_USER
+from provision.layout import APP_USER, DATABASE, DB_TLS_DIR, DBWATCH_TOKEN, FAILOVER_USER
 from provision.topology import Host, Topology
 
 CONFIG = "/etc/mysql/mariadb.conf.d/60-webinfra-testbed.cnf"
@@ -91,7 +91,7 @@ def agent_config(topology: Topology, host: Host) -> dict[str, object]:
             if p.name != host.name
         ],
         "controllers": [str(topology.address_for(host, m)) for m in topology.with_role("monitor")],
-        "token": secrets.password("dbwatch-token"),
+        "token": secrets.password(DBWATCH_TOKEN),
     }
 
 

@@ -55,7 +55,7 @@ def steps(ctx: HostContext) -> list[Step]:
                 # Its memory of the primary and epoch goes too: it would be stale by the
                 # time automatic failover is turned on again.
                 run="systemctl disable --now dbwatch 2>/dev/null || true; "
-                "rm -f /var/lib/dbwatch/state.json",
+                f"rm -f {layout.DBWATCH_STATE}",
             )
         ]
     nodes = [
@@ -74,7 +74,7 @@ def steps(ctx: HostContext) -> list[Step]:
         "fence_margin": FENCE_MARGIN_SECONDS,
         "writer_check_window": WRITER_CHECK_WINDOW_SECONDS,
         "split_brain_grace": SPLIT_BRAIN_GRACE_SECONDS,
-        "token": secrets.password("dbwatch-token"),
+        "token": secrets.password(layout.DBWATCH_TOKEN),
     }
     return [
         Packages(("mariadb-client",), name="Ensure the MariaDB client is installed."),
